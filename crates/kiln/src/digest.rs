@@ -1,0 +1,99 @@
+//! Content digests of build inputs (files and directory trees).
+//!
+//! Owns how an input's identity is computed for step keys and manifests: SHA-256 of a file's
+//! bytes, or for a directory of its sorted relative paths, modes and contents. It reads files
+//! and nothing else.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// Hex SHA-256 of a file, or of a directory tree (paths, modes, symlink targets, contents).
+pub fn sha256_path(path: &Path) -> std::io::Result<String> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        let mut hasher = Sha256::new();
+        hash_tree(path, Path::new(""), &mut hasher)?;
+        Ok(hex::encode(hasher.finalize()))
+    } else {
+        sha256_file(path)
+    }
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn hash_tree(root: &Path, rel: &Path, hasher: &mut Sha256) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for name in entries {
+        let rel = rel.join(&name);
+        let full = root.join(&rel);
+        let meta = std::fs::symlink_metadata(&full)?;
+        hasher.update(rel.as_os_str().as_encoded_bytes());
+        hasher.update([0]);
+        hasher.update(meta.permissions().mode().to_le_bytes());
+        if meta.is_dir() {
+            hasher.update(b"d");
+            hash_tree(root, &rel, hasher)?;
+        } else if meta.file_type().is_symlink() {
+            hasher.update(b"l");
+            hasher.update(std::fs::read_link(&full)?.as_os_str().as_encoded_bytes());
+        } else {
+            hasher.update(b"f");
+            hasher.update(sha256_file(&full)?.as_bytes());
+        }
+        hasher.update([0]);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_digest_is_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a");
+        std::fs::write(&f, b"abc").unwrap();
+        assert_eq!(
+            sha256_path(&f).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn tree_digest_sees_content_names_and_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/x"), b"1").unwrap();
+        let a = sha256_path(dir.path()).unwrap();
+        std::fs::write(dir.path().join("sub/x"), b"2").unwrap();
+        let b = sha256_path(dir.path()).unwrap();
+        assert_ne!(a, b);
+        std::fs::set_permissions(
+            dir.path().join("sub/x"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        assert_ne!(b, sha256_path(dir.path()).unwrap());
+        std::fs::rename(dir.path().join("sub/x"), dir.path().join("sub/y")).unwrap();
+        assert_ne!(b, sha256_path(dir.path()).unwrap());
+    }
+}

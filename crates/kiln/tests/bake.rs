@@ -1,0 +1,250 @@
+//! End-to-end bakes of the tiny guest with real QEMU: the result is proven by reading its
+//! filesystem and by booting it again.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Project, Steps, is_event, text, tiny_guest};
+
+fn sha256(path: &std::path::Path) -> String {
+    kiln::digest::sha256_file(path).unwrap()
+}
+
+/// Read a file out of an ext4 image without mounting: convert to raw, ask debugfs.
+fn read_from_image(image: &std::path::Path, guest_path: &str) -> String {
+    let raw = image.with_extension("raw-for-test");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {guest_path}")])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&raw).unwrap();
+    text(&out.stdout)
+}
+
+#[test]
+fn bake_provision_test_collect_and_boot_the_result() {
+    let Some(guest) = tiny_guest() else { return };
+    let project = Project::new(
+        &guest,
+        Steps {
+            provision: r#"
+  { file = { from = "files/motd", to = "/etc/motd" } },
+  { file = { from = "files/app", to = "/etc/" } },
+  { shell = { name = "marker", env = { GREETING = "hi there" }, workdir = "/etc", inline = [
+      "echo \"$GREETING\" > kiln-marker",
+      "printf 'port = 8080\n' > /etc/app/service.conf",
+      "echo to-stderr >&2",
+  ] } },
+  { shell = { script = "setup.sh" } },
+  { collect = { from = "/etc/app", to = "collected" } },
+"#,
+            test: r#"  { shell = { inline = ["grep -qx 'hi there' /etc/kiln-marker", "test -f /etc/from-script"] } },"#,
+            ..Steps::default()
+        },
+    );
+    project.write("files/motd", "welcome\n");
+    project.write("files/app/app.conf", "name = app\n");
+    project.write("files/app/nested/deep.txt", "deep\n");
+    project.write(
+        "setup.sh",
+        "#!/bin/sh\nset -e\necho from-script > /etc/from-script\n",
+    );
+
+    let out = project.run(&["--json", "build"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "build failed: {}\n{stdout}",
+        text(&out.stderr)
+    );
+
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let started: Vec<&str> = events
+        .iter()
+        .filter(|e| is_event(e, "step_started", None))
+        .map(|e| e["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        started,
+        [
+            "prepare",
+            "launch",
+            "connect",
+            "provision/1",
+            "provision/2",
+            "provision/3",
+            "provision/4",
+            "provision/5",
+            "test/1",
+            "shutdown",
+            "capture",
+            "manifest"
+        ]
+    );
+    let out_lines: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| is_event(e, "output", Some("provision/3")))
+        .map(|e| (e["stream"].as_str().unwrap(), e["line"].as_str().unwrap()))
+        .collect();
+    assert_eq!(out_lines, [("stderr", "to-stderr")]);
+    assert!(
+        events
+            .iter()
+            .any(|e| is_event(e, "resource_created", None) && e["kind"] == "qemu-process")
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "run_finished");
+    assert_eq!(last["status"], "succeeded");
+
+    // The manifest describes what was written.
+    let out_dir = project.path().join("output/tiny");
+    let image = out_dir.join("tiny.qcow2");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("kiln-manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["schema"], 1);
+    assert_eq!(manifest["image"], "tiny");
+    assert_eq!(manifest["provider"], "qemu");
+    assert_eq!(manifest["output"]["format"], "qcow2");
+    assert_eq!(manifest["output"]["sha256"], sha256(&image));
+    assert_eq!(
+        manifest["output"]["size"],
+        std::fs::metadata(&image).unwrap().len()
+    );
+    assert_eq!(
+        manifest["source"][0]["sha256"],
+        sha256(&guest.join("base.qcow2"))
+    );
+    assert!(["kvm", "tcg"].contains(&manifest["machine"]["accelerator"].as_str().unwrap()));
+    assert_eq!(
+        manifest["steps"].as_array().unwrap().len(),
+        11,
+        "every step before the manifest"
+    );
+    let artifact = events
+        .iter()
+        .find(|e| is_event(e, "artifact_written", None))
+        .unwrap();
+    assert_eq!(artifact["sha256"], manifest["output"]["sha256"]);
+
+    // collect brought the directory back, nested files included.
+    assert_eq!(
+        std::fs::read_to_string(project.path().join("collected/app/app.conf")).unwrap(),
+        "name = app\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.path().join("collected/app/nested/deep.txt")).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.path().join("collected/app/service.conf")).unwrap(),
+        "port = 8080\n"
+    );
+
+    // Nothing left running or journaled; the base image was not written.
+    project.assert_clean();
+
+    // The image's filesystem holds what provisioning wrote.
+    assert_eq!(read_from_image(&image, "/etc/kiln-marker"), "hi there\n");
+    assert_eq!(read_from_image(&image, "/etc/motd"), "welcome\n");
+
+    // And it boots: bake it again with a test that checks the files, writing raw this time.
+    let again = Project::new(
+        &guest,
+        Steps {
+            test: r#"  { shell = { inline = ["grep -qx 'hi there' /etc/kiln-marker", "grep -q 'port = 8080' /etc/app/service.conf", "test -f /etc/app/nested/deep.txt"] } },"#,
+            ..Steps::default()
+        },
+    );
+    let toml = std::fs::read_to_string(again.path().join("kiln.toml"))
+        .unwrap()
+        .replace("{{ guest }}/base.qcow2", &image.display().to_string())
+        + "output = { format = \"raw\" }\n";
+    std::fs::write(again.path().join("kiln.toml"), toml).unwrap();
+    let out = again.run(&["build"]);
+    assert!(out.status.success(), "rebake failed: {}", text(&out.stderr));
+    let raw = again.path().join("output/tiny/tiny.raw");
+    assert!(raw.exists());
+    assert_eq!(
+        read_from_image_raw(&raw, "/etc/from-script"),
+        "from-script\n"
+    );
+    again.assert_clean();
+}
+
+fn read_from_image_raw(raw: &std::path::Path, guest_path: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {guest_path}")])
+        .arg(raw)
+        .output()
+        .unwrap();
+    text(&out.stdout)
+}
+
+#[test]
+fn failing_provision_step_names_step_and_command_and_leaves_nothing() {
+    let Some(guest) = tiny_guest() else { return };
+    let project = Project::new(
+        &guest,
+        Steps {
+            provision: r#"  { shell = { name = "will fail", inline = ["echo before", "exit 7", "echo after"] } },"#,
+            ..Steps::default()
+        },
+    );
+    let out = project.run(&["build"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        error,
+        [
+            "error: tiny: step provision/1 failed: shell `will fail`: command `exit 7` exited with status 7"
+        ]
+    );
+    assert!(stderr.contains("provision/1 | before"), "{stderr}");
+    assert!(!stderr.contains("| after"), "{stderr}");
+    assert!(!project.path().join("output/tiny/tiny.qcow2").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(project.path().join("output/tiny"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        leftovers,
+        Vec::<std::path::PathBuf>::new(),
+        "no partial output"
+    );
+    project.assert_clean();
+}
+
+#[test]
+fn failing_test_step_means_no_image() {
+    let Some(guest) = tiny_guest() else { return };
+    let project = Project::new(
+        &guest,
+        Steps {
+            provision: r#"  { shell = { inline = ["echo ok > /etc/ok"] } },"#,
+            test: r#"  { shell = { name = "check", inline = ["test -f /etc/missing"] } },"#,
+            ..Steps::default()
+        },
+    );
+    let out = project.run(&["build"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: tiny: step test/1 failed: shell `check`: command `test -f /etc/missing` exited with status 1"),
+        "{stderr}"
+    );
+    assert!(!project.path().join("output/tiny").exists());
+    project.assert_clean();
+}

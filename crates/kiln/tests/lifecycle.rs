@@ -1,0 +1,179 @@
+//! What happens when runs are killed, interrupted, stuck or aborted: real QEMU guests, real
+//! signals, and `kiln gc` / `kiln status` afterwards.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Project, Running, Steps, is_event, text, tiny_guest};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const LONG_STEP: &str =
+    r#"  { shell = { name = "long", inline = ["echo started", "sleep 300"] } },"#;
+
+fn start_long_build(project: &Project) -> Running {
+    let mut cmd = project.kiln();
+    cmd.args(["--json", "build"]);
+    let mut run = Running::start(cmd);
+    run.wait_for(
+        "the long step's first line",
+        Duration::from_secs(180),
+        |e| is_event(e, "output", Some("provision/1")) && e["line"] == "started",
+    );
+    run
+}
+
+#[test]
+fn kill_9_mid_provision_then_gc_removes_everything() {
+    let Some(guest) = tiny_guest() else { return };
+    let project = Project::new(
+        &guest,
+        Steps {
+            provision: LONG_STEP,
+            ..Steps::default()
+        },
+    );
+    let mut run = start_long_build(&project);
+    assert_eq!(project.qemu_pids().len(), 1, "one guest is running");
+
+    kill(Pid::from_raw(run.child.id() as i32), Signal::SIGKILL).unwrap();
+    run.child.wait().unwrap();
+    // kill -9 gives kiln no chance to clean up: the guest is still there.
+    assert_eq!(project.qemu_pids().len(), 1, "QEMU outlives a killed kiln");
+
+    let status = project.run(&["status"]);
+    let status_out = text(&status.stdout);
+    assert!(status.status.success());
+    assert!(
+        status_out
+            .lines()
+            .any(|l| l.starts_with("leaked   present  qemu qemu-process kiln-")),
+        "{status_out}"
+    );
+
+    let dry = project.run(&["gc", "--dry-run"]);
+    assert!(dry.status.success());
+    assert!(
+        text(&dry.stdout).contains("would remove"),
+        "{}",
+        text(&dry.stdout)
+    );
+    assert_eq!(project.qemu_pids().len(), 1, "--dry-run changes nothing");
+
+    let gc = project.run(&["gc"]);
+    let gc_out = text(&gc.stdout);
+    assert!(gc.status.success(), "{gc_out}{}", text(&gc.stderr));
+    for kind in ["qemu qemu-process", "qemu disk-overlay", "local dir"] {
+        assert!(
+            gc_out
+                .lines()
+                .any(|l| l.starts_with("removed") && l.contains(kind)),
+            "{kind}: {gc_out}"
+        );
+    }
+    project.assert_clean();
+    assert_eq!(
+        text(&project.run(&["status"]).stdout),
+        "no live or leaked resources\n"
+    );
+}
+
+#[test]
+fn sigint_mid_provision_cleans_up_and_exits_130() {
+    let Some(guest) = tiny_guest() else { return };
+    let project = Project::new(
+        &guest,
+        Steps {
+            provision: LONG_STEP,
+            ..Steps::default()
+        },
+    );
+    let mut run = start_long_build(&project);
+
+    kill(Pid::from_raw(run.child.id() as i32), Signal::SIGINT).unwrap();
+    // The issue's bound: stop the step, clean up and exit within 15 s.
+    let status = run.wait_exit(Duration::from_secs(15));
+    let stderr = run.stderr();
+    let status =
+        status.unwrap_or_else(|| panic!("kiln did not exit within 15 s of SIGINT: {stderr}"));
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("error: interrupted; cleanup done"),
+        "{stderr}"
+    );
+    project.assert_clean();
+}
+
+#[test]
+fn guest_that_never_answers_ssh_fails_with_console_tail() {
+    let Some(guest) = tiny_guest() else { return };
+    // No root device: the guest's initramfs gives up and never starts an SSH server.
+    let project = Project::new(
+        &guest,
+        Steps {
+            image_extra: r#"ssh = { timeout = "12s" }"#,
+            append_extra: "root=/dev/nonexistent",
+            ..Steps::default()
+        },
+    );
+    let out = project.run(&["build"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+    assert!(
+        error.starts_with("error: tiny: step connect failed: "),
+        "{stderr}"
+    );
+    assert!(
+        error.contains("12s"),
+        "the message names the bound: {error}"
+    );
+    assert!(
+        stderr.contains("  waited for SSH on 127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("  last console lines:"), "{stderr}");
+    assert!(stderr.contains("  | "), "console lines are shown: {stderr}");
+    project.assert_clean();
+}
+
+#[test]
+fn on_error_abort_keeps_the_machine_until_gc() {
+    let Some(guest) = tiny_guest() else { return };
+    let project = Project::new(
+        &guest,
+        Steps {
+            provision: r#"  { shell = { inline = ["false"] } },"#,
+            ..Steps::default()
+        },
+    );
+    let out = project.run(&["build", "--on-error=abort"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("  reach it with: ssh -i "), "{stderr}");
+    assert!(stderr.contains("  remove it with: kiln -C "), "{stderr}");
+    assert_eq!(project.qemu_pids().len(), 1, "the machine is kept");
+    let key = stderr
+        .split("ssh -i ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the kept key is private");
+
+    // A new build does not reap what was kept on purpose…
+    let status = text(&project.run(&["status"]).stdout);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("kept     present  qemu qemu-process")),
+        "{status}"
+    );
+
+    // …an explicit gc does.
+    let gc = project.run(&["gc"]);
+    assert!(gc.status.success(), "{}", text(&gc.stderr));
+    project.assert_clean();
+}
