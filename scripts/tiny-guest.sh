@@ -122,7 +122,7 @@ set_current() { # atomic: rename a fresh symlink over the old one
 prune() {
   local d keep; keep=$(readlink "$CACHE/current" || true)
   for d in "$CACHE"/*/; do
-    d=${d%/}; [[ -d $d && ${d##*/} != "$HASH" && ${d##*/} != "$keep" && ${d##*/} != downloads ]] || continue
+    d=${d%/}; [[ -d $d && ! -L $d && ${d##*/} != "$HASH" && ${d##*/} != "$keep" && ${d##*/} != downloads ]] || continue
     [[ -e $d/manifest.txt ]] || continue  # only our entries
     log "prune: removing ${d##*/}"; chmod -R u+w "$d"; rm -rf "$d"
   done

@@ -674,7 +674,7 @@ impl<'de> de::Deserializer<'de> for KeyDe<'_> {
     fn deserialize_struct<V: Visitor<'de>>(
         self,
         name: &'static str,
-        fields: &'static [&'static str],
+        _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
         if name == SPANNED {
@@ -685,7 +685,6 @@ impl<'de> de::Deserializer<'de> for KeyDe<'_> {
             );
             visitor.visit_map(access)
         } else {
-            let _ = fields;
             visitor.visit_str(self.key)
         }
     }

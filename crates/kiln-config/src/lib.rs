@@ -18,7 +18,7 @@ mod diagnostic;
 mod interpolate;
 pub mod model;
 mod raw;
-mod suggest;
+pub mod suggest;
 mod validate;
 mod vars;
 

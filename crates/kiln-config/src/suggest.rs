@@ -5,7 +5,7 @@
 //! longer name's length (at least one edit), so short unrelated names are not suggested.
 
 /// The closest candidate to `input`, if any is close enough. Ties go to the earlier candidate.
-pub(crate) fn closest<'a, I>(input: &str, candidates: I) -> Option<&'a str>
+pub fn closest<'a, I>(input: &str, candidates: I) -> Option<&'a str>
 where
     I: IntoIterator<Item = &'a str>,
 {

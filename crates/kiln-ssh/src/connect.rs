@@ -9,10 +9,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use russh::MethodKind;
 use russh::client;
 use russh::keys::PrivateKeyWithHashAlg;
 use russh::keys::PublicKeyOrCertificate;
-use russh::MethodKind;
 use tracing::debug;
 
 use crate::error::SshError;
@@ -96,20 +96,24 @@ pub async fn connect(
             Ok(Err(Attempt::Fatal(e))) => return Err(e),
             Ok(Err(Attempt::Retry(message))) => message,
             Err(_) => format!(
-                "no ssh handshake within {:.1}s",
+                "no ssh handshake and authentication within {:.1}s",
                 budget.as_secs_f64()
             ),
         };
         debug!(%target, attempt, error = %last_error, "ssh connection attempt failed");
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
+        if !remaining.is_zero() {
+            tokio::time::sleep(opts.retry_interval.min(remaining)).await;
+        }
+        // Give up when the pause used up the time: an attempt squeezed into the last instant
+        // would only replace a useful last error with a useless "timed out".
+        if Instant::now() >= deadline {
             return Err(SshError::Timeout {
                 target: target.to_string(),
                 waited: started.elapsed(),
                 last_error,
             });
         }
-        tokio::time::sleep(opts.retry_interval.min(remaining)).await;
     }
 }
 

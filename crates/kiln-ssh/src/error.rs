@@ -136,7 +136,11 @@ pub enum SshError {
 }
 
 impl SshError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         SshError::Io {
             action,
             path: path.into(),

@@ -156,7 +156,10 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let text = fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"), "{text}");
+        assert!(
+            text.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"),
+            "{text}"
+        );
 
         let back = KeyPair::read_private_openssh(&path).unwrap();
         assert_eq!(back.public_openssh(), key.public_openssh());

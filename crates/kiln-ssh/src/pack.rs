@@ -167,11 +167,34 @@ mod tests {
         let names: Vec<&str> = listing.iter().map(|(n, _, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["dest", "dest/a.txt", "dest/b", "dest/b/c", "dest/b/c/run.sh", "dest/link"]
+            [
+                "dest",
+                "dest/a.txt",
+                "dest/b",
+                "dest/b/c",
+                "dest/b/c/run.sh",
+                "dest/link"
+            ]
         );
         assert_eq!(listing[4].1, EntryType::Regular);
         assert_eq!(listing[4].2, 0o751);
         assert_eq!(listing[5].1, EntryType::Symlink);
+    }
+
+    #[test]
+    fn refuses_special_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let err = pack(dir.path(), "d", Vec::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "upload {}: it is a special file (fifo, socket or device); only regular files, \
+                 directories and symlinks can be uploaded",
+                fifo.display()
+            )
+        );
     }
 
     #[test]

@@ -62,7 +62,9 @@ pub(crate) fn split_remote(remote: &str) -> Result<RemoteSplit, SshError> {
     check_plain(remote)?;
     let trimmed = remote.trim_end_matches('/');
     if trimmed.is_empty() {
-        return Err(invalid("it names the root directory, not a file or directory in it"));
+        return Err(invalid(
+            "it names the root directory, not a file or directory in it",
+        ));
     }
     let (parent, name) = match trimmed.rsplit_once('/') {
         Some((parent, name)) => {
@@ -72,7 +74,9 @@ pub(crate) fn split_remote(remote: &str) -> Result<RemoteSplit, SshError> {
         None => (".", trimmed),
     };
     if name == "." || name == ".." {
-        return Err(invalid("its last component must be a name, not `.` or `..`"));
+        return Err(invalid(
+            "its last component must be a name, not `.` or `..`",
+        ));
     }
     Ok(RemoteSplit {
         parent: parent.to_owned(),
@@ -198,8 +202,14 @@ mod tests {
     fn split_remote_rejects_paths_without_a_name() {
         for (path, reason) in [
             ("", "it is empty"),
-            ("/", "it names the root directory, not a file or directory in it"),
-            ("//", "it names the root directory, not a file or directory in it"),
+            (
+                "/",
+                "it names the root directory, not a file or directory in it",
+            ),
+            (
+                "//",
+                "it names the root directory, not a file or directory in it",
+            ),
             (".", "its last component must be a name, not `.` or `..`"),
             ("a/..", "its last component must be a name, not `.` or `..`"),
             ("a\0b", "it contains a NUL byte"),
@@ -223,7 +233,10 @@ mod tests {
             upload_destination("/opt/tool", "app").unwrap(),
             split("/opt", "tool")
         );
-        assert_eq!(upload_destination("tool", "app").unwrap(), split(".", "tool"));
+        assert_eq!(
+            upload_destination("tool", "app").unwrap(),
+            split(".", "tool")
+        );
         assert!(upload_destination("", "app").is_err());
     }
 }

@@ -4,8 +4,7 @@
 //! per command. The core is [`Session::run`], which sends a command's input while streaming
 //! its output, so that neither side can block the other, and which turns the exit status or
 //! exit signal into a number. If a caller drops a command's future half way, the channel is
-//! closed (after asking the guest to terminate the command) in the background, so the
-//! connection stays usable. Transfers are built on `run` in [`crate::transfer`].
+//! closed in the background, so the connection stays usable. Transfers are built on `run` in [`crate::transfer`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -80,6 +79,13 @@ impl Session {
     /// its output: `on_output` is called with each chunk as it arrives. `stdin` (if any) is
     /// sent, then EOF. Returns the exit status; a signal death maps to 128+signo if the server
     /// reports it, or an error if no status came.
+    ///
+    /// The call returns when the server closes the channel. OpenSSH does that only once
+    /// nothing holds the command's stdout and stderr any more, so a command that starts a
+    /// background process should redirect that process's output (`daemon >/dev/null 2>&1 &`).
+    ///
+    /// Dropping the future closes the channel, leaving the session usable; the command itself
+    /// is not signalled (see `StopOnDrop` in the source for why).
     pub async fn exec(
         &self,
         command: &str,
@@ -134,8 +140,9 @@ impl Session {
                     writer_done = true;
                     match sent {
                         Ok(()) => {}
-                        // The guard stops the command without sending EOF, so it cannot
-                        // mistake a truncated input for a complete one.
+                        // No EOF is sent: the guard closes the channel, and the guest's tar
+                        // fails on an archive without its end blocks instead of accepting a
+                        // truncated one.
                         Err(InputError::Local(e)) => return Err(e),
                         // The channel is gone; the reader will see it close and report.
                         Err(InputError::Channel(e)) => {
@@ -145,7 +152,9 @@ impl Session {
                 }
             }
         };
-        guard.disarm();
+        if outcome.closed {
+            guard.disarm();
+        }
         debug!(channel = %id, ?outcome, "command finished");
         match outcome {
             ReadOutcome {
@@ -218,13 +227,14 @@ struct ReadOutcome {
     signal: Option<Sig>,
     /// The server answered the exec request with a failure.
     refused: bool,
+    /// The server closed the channel; otherwise we still have to.
+    closed: bool,
 }
 
 async fn read_output(read: &mut ChannelReadHalf, sink: &mut impl OutputSink) -> ReadOutcome {
     let mut outcome = ReadOutcome::default();
     let mut answered = false;
     while let Some(msg) = read.wait().await {
-        tracing::trace!(?msg, "channel message");
         match msg {
             ChannelMsg::Data { data } => sink.output(OutputStream::Stdout, data).await,
             // Extended data type 1 is stderr (RFC 4254 §5.2); there is no other in use.
@@ -234,20 +244,28 @@ async fn read_output(read: &mut ChannelReadHalf, sink: &mut impl OutputSink) -> 
             ChannelMsg::ExitStatus { exit_status } => outcome.status = Some(exit_status),
             ChannelMsg::ExitSignal { signal_name, .. } => outcome.signal = Some(signal_name),
             ChannelMsg::Success => answered = true,
+            // Servers need not close the channel after refusing, so do not wait for that.
             ChannelMsg::Failure if !answered => {
-                answered = true;
                 outcome.refused = true;
+                return outcome;
             }
             ChannelMsg::Close => break,
             _ => {}
         }
     }
+    outcome.closed = true;
     outcome
 }
 
-/// Stops a command whose future was dropped before it finished: asks the guest to terminate
-/// it and closes the channel, in the background because `Drop` cannot wait. Without this the
-/// command would run on unobserved and its channel would stay open.
+/// Closes the channel of a command that did not run to its end (its future was dropped, its
+/// input failed locally, or the server refused it), in the background because `Drop` cannot
+/// wait, so that the server releases the channel.
+///
+/// The command is not sent a signal first: with dropbear (2022.83), a `signal` request
+/// followed by a close while the next command's channel is opening made dropbear close that
+/// new channel without running it (reproduced in this crate's tests). After the close the
+/// command runs on unobserved until it ends or next writes output (and gets SIGPIPE); kiln
+/// tears the guest down on cancellation anyway.
 struct StopOnDrop {
     write: Option<Arc<ChannelWriteHalf<Msg>>>,
 }
@@ -267,9 +285,7 @@ impl Drop for StopOnDrop {
             return;
         };
         runtime.spawn(async move {
-            // Both are best effort: not every server honours signal requests, and the
-            // connection may already be gone.
-            //let _ = write.signal(Sig::TERM).await;
+            // Best effort: the connection may already be gone.
             let _ = write.close().await;
         });
     }

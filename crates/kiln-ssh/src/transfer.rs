@@ -98,9 +98,12 @@ impl Session {
     /// Downloads a guest file or directory into the local directory `local_dir` (created if
     /// missing), keeping its name, and returns the local path of what was downloaded.
     ///
-    /// The guest runs `tar -c -C parent name`; the archive is unpacked locally as it arrives,
-    /// and entries that would land outside `local_dir/name` are refused (see
-    /// [`crate::unpack`]). A missing remote path is [`SshError::RemoteNotFound`].
+    /// The guest runs `tar -c -C parent name`; the archive is unpacked locally as it arrives.
+    /// The guest is not trusted: entries that would land outside `local_dir/name` (absolute
+    /// paths, `..`, paths through symlinks, hard links out of the tree) and device or fifo
+    /// entries are refused with [`SshError::UnsafeEntry`]. If `remote` itself is a symlink,
+    /// the symlink is downloaded, not what it points to. A missing remote path is
+    /// [`SshError::RemoteNotFound`].
     pub async fn download(&self, remote: &str, local_dir: &Path) -> Result<PathBuf, SshError> {
         let source = remote_path::split_remote(remote)?;
         tokio::fs::create_dir_all(local_dir)

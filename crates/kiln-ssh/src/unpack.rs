@@ -22,7 +22,11 @@ use crate::error::SshError;
 
 /// Unpacks `archive` into `dest`, which must exist. Every entry must lie under `root_name`
 /// (a single path component).
-pub(crate) fn unpack_into(archive: impl Read, dest: &Path, root_name: &str) -> Result<(), SshError> {
+pub(crate) fn unpack_into(
+    archive: impl Read,
+    dest: &Path,
+    root_name: &str,
+) -> Result<(), SshError> {
     let mut archive = tar::Archive::new(archive);
     let mut directories: Vec<(PathBuf, u32)> = Vec::new();
     let entries = archive
@@ -133,7 +137,9 @@ fn checked_relative(path: &Path, root_name: &str) -> Result<PathBuf, String> {
     }
     match relative.components().next() {
         Some(Component::Normal(first)) if first == root_name => Ok(relative),
-        _ => Err(format!("it is not inside `{root_name}`, the path that was asked for")),
+        _ => Err(format!(
+            "it is not inside `{root_name}`, the path that was asked for"
+        )),
     }
 }
 
@@ -241,7 +247,14 @@ mod tests {
             Crafted(Vec::new())
         }
 
-        fn entry(mut self, kind: EntryType, path: &str, link: &str, data: &[u8], mode: u32) -> Self {
+        fn entry(
+            mut self,
+            kind: EntryType,
+            path: &str,
+            link: &str,
+            data: &[u8],
+            mode: u32,
+        ) -> Self {
             let mut header = tar::Header::new_ustar();
             {
                 let old = header.as_old_mut();
@@ -303,7 +316,10 @@ mod tests {
     }
 
     fn assert_empty(dir: &Path) {
-        let left: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let left: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         assert!(left.is_empty(), "{left:?}");
     }
 
@@ -332,7 +348,10 @@ mod tests {
         assert_eq!(mode("root/ro"), 0o555);
         assert_eq!(mode("root/ro/script.sh"), 0o755);
         assert_eq!(mode("root/secret"), 0o600);
-        assert_eq!(fs::read(s.dest.join("root/ro/script.sh")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(
+            fs::read(s.dest.join("root/ro/script.sh")).unwrap(),
+            b"#!/bin/sh\n"
+        );
         assert_eq!(
             fs::read_link(s.dest.join("root/link")).unwrap(),
             Path::new("ro/script.sh")
@@ -371,7 +390,10 @@ mod tests {
         let s = scene();
         let tar = Crafted::new().file("other/file", b"x", 0o644).finish();
         let (_, reason) = refused(tar, &s);
-        assert_eq!(reason, "it is not inside `root`, the path that was asked for");
+        assert_eq!(
+            reason,
+            "it is not inside `root`, the path that was asked for"
+        );
         assert_empty(&s.dest);
     }
 
@@ -442,7 +464,10 @@ mod tests {
             .entry(EntryType::Char, "root", "", b"", 0o644)
             .finish();
         let (_, reason) = refused(tar, &s);
-        assert_eq!(reason, "entries of type Char (devices, fifos, …) are not unpacked");
+        assert_eq!(
+            reason,
+            "entries of type Char (devices, fifos, …) are not unpacked"
+        );
     }
 
     #[test]

@@ -37,7 +37,9 @@ async fn run(session: &Session, command: &str, stdin: Option<&[u8]>) -> (u32, Co
     let mut collected = Collected::default();
     let status = session
         .exec(command, stdin, &mut |stream, data| {
-            collected.chunks.push((stream, data.to_vec(), Instant::now()));
+            collected
+                .chunks
+                .push((stream, data.to_vec(), Instant::now()));
         })
         .await
         .unwrap_or_else(|e| panic!("exec {command:?}: {e:?}"));
@@ -64,13 +66,19 @@ async fn connect_retries_until_the_server_appears() {
         }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!connecting.is_finished(), "connected before the server existed");
+    assert!(
+        !connecting.is_finished(),
+        "connected before the server existed"
+    );
     tokio::task::block_in_place(|| peer.start()).expect("dropbear starts");
 
     let session = connecting.await.unwrap().unwrap();
     assert!(started.elapsed() >= Duration::from_millis(1500));
     let (status, out) = run(&session, "echo up", None).await;
-    assert_eq!((status, out.text(OutputStream::Stdout).as_str()), (0, "up\n"));
+    assert_eq!(
+        (status, out.text(OutputStream::Stdout).as_str()),
+        (0, "up\n")
+    );
     session.close().await.unwrap();
 }
 
@@ -93,7 +101,10 @@ async fn connect_retries_until_the_key_is_authorized() {
         }
     });
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(!connecting.is_finished(), "authenticated before the key was installed");
+    assert!(
+        !connecting.is_finished(),
+        "authenticated before the key was installed"
+    );
     peer.authorize(&key);
     let session = connecting.await.unwrap().unwrap();
     session.close().await.unwrap();
@@ -127,10 +138,7 @@ async fn connect_times_out_with_the_last_error_when_nothing_listens() {
         } => {
             assert_eq!(t, &format!("kiln@127.0.0.1:{port}"));
             assert!(*waited >= Duration::from_secs(1), "{waited:?}");
-            assert_eq!(
-                last_error,
-                "tcp connect: Connection refused (os error 111)"
-            );
+            assert_eq!(last_error, "tcp connect: Connection refused (os error 111)");
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
@@ -174,13 +182,21 @@ async fn exec_streams_stdout_and_stderr_as_they_arrive() {
         return;
     };
     let session = peer.connect(&key).await;
-    let (status, out) = run(&session, "echo one; sleep 1; echo two >&2; echo three", None).await;
+    let (status, out) = run(
+        &session,
+        "echo one; sleep 1; echo two >&2; echo three",
+        None,
+    )
+    .await;
     let finished = Instant::now();
     assert_eq!(status, 0);
     assert_eq!(out.text(OutputStream::Stdout), "one\nthree\n");
     assert_eq!(out.text(OutputStream::Stderr), "two\n");
     let (first_stream, first_data, first_at) = &out.chunks[0];
-    assert_eq!((*first_stream, first_data.as_slice()), (OutputStream::Stdout, &b"one\n"[..]));
+    assert_eq!(
+        (*first_stream, first_data.as_slice()),
+        (OutputStream::Stdout, &b"one\n"[..])
+    );
     // "one" was handed over while the command was still sleeping, not at the end.
     assert!(
         finished.duration_since(*first_at) >= Duration::from_millis(700),
@@ -197,7 +213,10 @@ async fn exec_sends_stdin_then_eof() {
     };
     let session = peer.connect(&key).await;
     let (status, out) = run(&session, "cat", Some(b"hello\n")).await;
-    assert_eq!((status, out.text(OutputStream::Stdout).as_str()), (0, "hello\n"));
+    assert_eq!(
+        (status, out.text(OutputStream::Stdout).as_str()),
+        (0, "hello\n")
+    );
 
     // Larger than every window on the way, in both directions at once: input must keep
     // flowing while output is read, or this deadlocks.
@@ -205,7 +224,12 @@ async fn exec_sends_stdin_then_eof() {
     let (status, out) = run(&session, "cat", Some(&big)).await;
     assert_eq!(status, 0);
     let echoed: Vec<u8> = out.chunks.iter().flat_map(|(_, d, _)| d.clone()).collect();
-    assert!(echoed == big, "echoed {} of {} bytes", echoed.len(), big.len());
+    assert!(
+        echoed == big,
+        "echoed {} of {} bytes",
+        echoed.len(),
+        big.len()
+    );
 
     // No stdin means an immediate EOF, not a hang.
     let (status, out) = run(&session, "cat", None).await;
@@ -215,7 +239,6 @@ async fn exec_sends_stdin_then_eof() {
 
 #[tokio::test]
 async fn dropping_an_exec_midway_leaves_the_session_usable() {
-    let _ = tracing_subscriber::fmt().with_env_filter("debug,kiln_ssh=trace").with_test_writer().try_init();
     let key = KeyPair::generate().unwrap();
     let Some(peer) = Peer::start_with_key(Flavour::Host, &key) else {
         return;
@@ -235,13 +258,29 @@ async fn dropping_an_exec_midway_leaves_the_session_usable() {
         }
     })
     .await;
-    assert!(dropped.is_err(), "the command should still have been running");
+    assert!(
+        dropped.is_err(),
+        "the command should still have been running"
+    );
     assert_eq!(seen.lock().unwrap().as_slice(), b"started\n");
 
     let started = Instant::now();
     let (status, out) = run(&session, "echo still here", None).await;
-    assert_eq!((status, out.text(OutputStream::Stdout).as_str()), (0, "still here\n"));
+    assert_eq!(
+        (status, out.text(OutputStream::Stdout).as_str()),
+        (0, "still here\n")
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The abandoned command ending later, while another runs, disturbs neither.
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(300), run(&session, "sleep 1", None)).await;
+    assert!(dropped.is_err());
+    let (status, out) = run(&session, "sleep 2; echo late", None).await;
+    assert_eq!(
+        (status, out.text(OutputStream::Stdout).as_str()),
+        (0, "late\n")
+    );
     session.close().await.unwrap();
 }
 
@@ -262,7 +301,10 @@ async fn upload_and_download_a_file(flavour: Flavour) {
     assert_eq!(fs::read(&remote).unwrap(), fs::read(&script).unwrap());
     assert_eq!(mode_of(&remote), 0o750);
     let (status, out) = run(&session, "'bin dir/it'\\''s/tool.sh'", None).await;
-    assert_eq!((status, out.text(OutputStream::Stdout).as_str()), (0, "tool ran\n"));
+    assert_eq!(
+        (status, out.text(OutputStream::Stdout).as_str()),
+        (0, "tool ran\n")
+    );
 
     // To an exact path, under another name.
     session.upload(&script, "opt/renamed").await.unwrap();
@@ -270,7 +312,10 @@ async fn upload_and_download_a_file(flavour: Flavour) {
 
     // And back.
     let back = local.path().join("back");
-    let got = session.download("bin dir/it's/tool.sh", &back).await.unwrap();
+    let got = session
+        .download("bin dir/it's/tool.sh", &back)
+        .await
+        .unwrap();
     assert_eq!(got, back.join("tool.sh"));
     assert_eq!(fs::read(&got).unwrap(), fs::read(&script).unwrap());
     assert_eq!(mode_of(&got), 0o750);
@@ -346,7 +391,10 @@ async fn upload_bytes_writes_an_executable_script(flavour: Flavour) {
         .unwrap();
     assert_eq!(mode_of(&peer.home.join("steps/01 run.sh")), 0o700);
     let (status, out) = run(&session, "'steps/01 run.sh' there", None).await;
-    assert_eq!((status, out.text(OutputStream::Stdout).as_str()), (0, "hi there\n"));
+    assert_eq!(
+        (status, out.text(OutputStream::Stdout).as_str()),
+        (0, "hi there\n")
+    );
 
     // Overwriting tightens the mode too.
     session
@@ -354,7 +402,10 @@ async fn upload_bytes_writes_an_executable_script(flavour: Flavour) {
         .await
         .unwrap();
     assert_eq!(mode_of(&peer.home.join("steps/01 run.sh")), 0o600);
-    assert_eq!(fs::read(peer.home.join("steps/01 run.sh")).unwrap(), b"secret");
+    assert_eq!(
+        fs::read(peer.home.join("steps/01 run.sh")).unwrap(),
+        b"secret"
+    );
     session.close().await.unwrap();
 }
 
@@ -394,18 +445,25 @@ async fn transfer_errors_are_clear(flavour: Flavour) {
     let err = session.upload(&src, "afile/sub/").await.unwrap_err();
     match &err {
         SshError::Transfer {
-            direction, path, message, ..
+            direction,
+            path,
+            message,
+            ..
         } => {
             assert_eq!(*direction, TransferDirection::Upload);
             assert_eq!(path, "afile/sub/thing");
-            assert!(message.starts_with("the guest command exited with status 1: "), "{message}");
+            assert!(
+                message.starts_with("the guest command exited with status 1: "),
+                "{message}"
+            );
             assert!(message.contains("Not a directory"), "{message}");
         }
         other => panic!("expected a transfer error, got {other:?}"),
     }
     assert!(
-        err.to_string()
-            .starts_with(&format!("upload to afile/sub/thing on {target}: the guest command")),
+        err.to_string().starts_with(&format!(
+            "upload to afile/sub/thing on {target}: the guest command"
+        )),
         "{err}"
     );
 
@@ -439,7 +497,11 @@ fn make_tree(root: &Path) {
     fs::write(root.join("bin/start"), "#!/bin/sh\nexec true\n").unwrap();
     fs::set_permissions(root.join("bin/start"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(root.join("etc/conf.d/secret"), "s3cret").unwrap();
-    fs::set_permissions(root.join("etc/conf.d/secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        root.join("etc/conf.d/secret"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     fs::write(root.join("etc/with space & 'quote'"), "odd name").unwrap();
     fs::write(root.join("data.bin"), pseudo_random(2 * 1024 * 1024 + 5)).unwrap();
     fs::write(root.join("empty.txt"), "").unwrap();
@@ -460,21 +522,30 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
         let meta = fs::symlink_metadata(path).unwrap();
         let rel = path.strip_prefix(root).unwrap().to_path_buf();
         if meta.file_type().is_symlink() {
-            out.insert(rel, Node::Symlink {
-                target: fs::read_link(path).unwrap(),
-            });
+            out.insert(
+                rel,
+                Node::Symlink {
+                    target: fs::read_link(path).unwrap(),
+                },
+            );
         } else if meta.is_dir() {
-            out.insert(rel, Node::Dir {
-                mode: meta.permissions().mode() & 0o777,
-            });
+            out.insert(
+                rel,
+                Node::Dir {
+                    mode: meta.permissions().mode() & 0o777,
+                },
+            );
             for entry in fs::read_dir(path).unwrap() {
                 walk(root, &entry.unwrap().path(), out);
             }
         } else {
-            out.insert(rel, Node::File {
-                mode: meta.permissions().mode() & 0o777,
-                content: fs::read(path).unwrap(),
-            });
+            out.insert(
+                rel,
+                Node::File {
+                    mode: meta.permissions().mode() & 0o777,
+                    content: fs::read(path).unwrap(),
+                },
+            );
         }
     }
     let mut out = BTreeMap::new();

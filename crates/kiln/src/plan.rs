@@ -103,12 +103,8 @@ pub fn plan(config: &Config, only: &[String]) -> Result<Plan, PlanError> {
     let known: Vec<String> = config.images.iter().map(|i| i.name.clone()).collect();
     for name in only {
         if !known.contains(name) {
-            let suggestion = known
-                .iter()
-                .map(|k| (strsim::jaro_winkler(name, k), k))
-                .filter(|(score, _)| *score > 0.8)
-                .max_by(|a, b| a.0.total_cmp(&b.0))
-                .map(|(_, k)| k.clone());
+            let suggestion = kiln_config::suggest::closest(name, known.iter().map(String::as_str))
+                .map(str::to_string);
             return Err(PlanError::UnknownImage {
                 name: name.clone(),
                 suggestion,

@@ -108,12 +108,13 @@ fn sigint_mid_provision_cleans_up_and_exits_130() {
 #[test]
 fn guest_that_never_answers_ssh_fails_with_console_tail() {
     let Some(guest) = tiny_guest() else { return };
-    // No root device: the guest's initramfs gives up and never starts an SSH server.
+    // No root device, and `tiny.shell`: the guest's initramfs waits in a console shell
+    // instead of powering off, so the machine stays up and no SSH server ever starts.
     let project = Project::new(
         &guest,
         Steps {
             image_extra: r#"ssh = { timeout = "12s" }"#,
-            append_extra: "root=/dev/nonexistent",
+            append_extra: "root=/dev/nonexistent tiny.shell",
             ..Steps::default()
         },
     );
@@ -126,7 +127,7 @@ fn guest_that_never_answers_ssh_fails_with_console_tail() {
         "{stderr}"
     );
     assert!(
-        error.contains("12s"),
+        error.contains("within 12.0s"),
         "the message names the bound: {error}"
     );
     assert!(

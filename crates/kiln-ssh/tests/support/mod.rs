@@ -5,22 +5,22 @@
 //! each server runs in its own mount namespace (`unshare --mount`) in which a copy of
 //! `/etc/passwd` with one extra user, `kiln`, whose home is a temporary directory, is
 //! bind-mounted over the real one. Nothing outside that namespace sees the change, and it
-//! disappears with the server. The `kiln` user has the test process's uid, so no privilege
-//! changes are needed beyond what dropbear already does.
+//! disappears with the server. This needs root (as CI has); the `kiln` user has uid 0, so
+//! logging in as it changes nothing but the home directory and the shell.
 //!
 //! Two flavours of guest userland are offered: the host's (dash, GNU tar, coreutils), standing
 //! in for a cloud image, and busybox (`sh`, `tar`, `cat`, `mkdir`, `chmod`, `sleep` and
 //! nothing else on PATH), standing in for kiln's tiny guest.
 //!
-//! Servers are started and stopped by process id: each runs in its own process group, which
-//! is killed when the [`Peer`] is dropped. A test that cannot start its server fails when
+//! Servers are started and stopped by process id: each runs in its own pid namespace under
+//! an `unshare` process that the test kills when the [`Peer`] is dropped, which ends dropbear
+//! and everything the tests ran on it. A test that cannot start its server fails when
 //! `CI=true` and is skipped, with the reason on stderr, otherwise.
 
 use std::fs;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,9 +54,19 @@ impl Peer {
     /// means the test should be skipped (never when `CI=true`).
     pub(crate) fn prepare(flavour: Flavour) -> Option<Peer> {
         let dropbear = find_tool("dropbear", &["/usr/sbin/dropbear", "/usr/bin/dropbear"])?;
-        let dropbearkey =
-            find_tool("dropbearkey", &["/usr/bin/dropbearkey", "/usr/sbin/dropbearkey"])?;
+        let dropbearkey = find_tool(
+            "dropbearkey",
+            &["/usr/bin/dropbearkey", "/usr/sbin/dropbearkey"],
+        )?;
         find_tool("unshare", &["/usr/bin/unshare", "/bin/unshare"])?;
+        if !nix::unistd::geteuid().is_root() {
+            // An unprivileged user namespace could do the mounts, but dropbear also calls
+            // setgroups() when it logs a user in, which such a namespace never allows.
+            return unavailable(
+                "the tests must run as root: dropbear switches to the test user with \
+                 setgroups(), which an unprivileged user namespace does not allow",
+            );
+        }
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let root = dir.path();
 
@@ -81,11 +91,11 @@ impl Peer {
             Flavour::Host => PathBuf::from("/bin/sh"),
             Flavour::Busybox => busybox_shell(root)?,
         };
-        let uid = nix::unistd::geteuid();
-        let gid = nix::unistd::getegid();
         let mut passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+        // uid 0: the tests run as root, so dropbear's switch to this user changes nothing
+        // but the home directory.
         passwd.push_str(&format!(
-            "{USER}:x:{uid}:{gid}:kiln test:{}:{}\n",
+            "{USER}:x:0:0:kiln test:{}:{}\n",
             home.display(),
             shell.display()
         ));
@@ -117,7 +127,8 @@ impl Peer {
         let tmp = self.home.join(".ssh/authorized_keys.tmp");
         let mut file = fs::File::create(&tmp).unwrap();
         writeln!(file, "{}", key.public_openssh()).unwrap();
-        file.set_permissions(fs::Permissions::from_mode(0o600)).unwrap();
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .unwrap();
         drop(file);
         // Atomically, so that the server never reads a half-written file.
         fs::rename(tmp, path).unwrap();
@@ -129,11 +140,10 @@ impl Peer {
         let root = self.dir.path();
         let log = fs::File::create(root.join("dropbear.log")).unwrap();
         let mut command = Command::new("unshare");
-        if !nix::unistd::geteuid().is_root() {
-            // Without root, a user namespace grants the right to mount in the new namespace.
-            command.args(["--user", "--map-root-user"]);
-        }
         command
+            // A pid namespace whose init dies with unshare (--kill-child), so that killing
+            // unshare also ends every process the tests left running on the "guest".
+            .args(["--pid", "--fork", "--kill-child"])
             .args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(concat!(
                 "mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/shells && ",
@@ -149,10 +159,7 @@ impl Peer {
             .arg(root.join("dropbear.pid"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            // Its own process group, so that dropping the peer also ends the per-connection
-            // processes dropbear forks.
-            .process_group(0);
+            .stderr(log);
         let child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return unavailable(&format!("cannot run unshare: {e}")),
@@ -202,8 +209,9 @@ impl Peer {
 
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let group = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            // SIGKILL to unshare; --kill-child passes it on to the namespace's init, and the
+            // kernel then ends every other process in the namespace.
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
@@ -239,9 +247,13 @@ fn busybox_shell(root: &Path) -> Option<PathBuf> {
 }
 
 fn find_tool(name: &str, candidates: &[&str]) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).collect())
-        .unwrap_or_else(Vec::new);
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .collect()
+        })
+        .unwrap_or_default();
     let found = candidates
         .iter()
         .map(PathBuf::from)
@@ -266,7 +278,10 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// The server cannot be had: fail in CI, skip (saying why) elsewhere.
-#[expect(clippy::print_stderr, reason = "a skipped test must say why it skipped")]
+#[expect(
+    clippy::print_stderr,
+    reason = "a skipped test must say why it skipped"
+)]
 fn unavailable<T>(reason: &str) -> Option<T> {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("cannot start the dropbear test server (CI=true, so this fails): {reason}");

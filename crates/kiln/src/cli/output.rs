@@ -123,7 +123,9 @@ impl EventSink for HumanSink {
                     style(&step).bold(),
                     style(format!("({duration_s:.1}s)")).dim()
                 );
-                match self.bar.lock().expect("progress poisoned").take() {
+                // Take the bar out before matching: `line` locks the same mutex.
+                let bar = self.bar.lock().expect("progress poisoned").take();
+                match bar {
                     Some(bar) => bar.finish_with_message(line),
                     None if self.verbosity == Verbosity::Verbose => {
                         self.line(&format!("    {image}: {step}: done in {duration_s:.2}s"))
@@ -144,7 +146,8 @@ impl EventSink for HumanSink {
                     style(&step).bold(),
                     style(format!("({duration_s:.1}s)")).dim()
                 );
-                match self.bar.lock().expect("progress poisoned").take() {
+                let bar = self.bar.lock().expect("progress poisoned").take();
+                match bar {
                     Some(bar) => bar.finish_with_message(line),
                     None => self.line(&format!(
                         "    {image}: {step}: failed after {duration_s:.1}s"

@@ -149,6 +149,9 @@ impl Provider for QemuProvider {
             decision: decision.clone(),
             kept: false,
         };
+        // The overlay records its backing file by path; resolve symlinks (a `current` link
+        // may move while the machine runs) so it keeps pointing at the same bytes.
+        let base = std::fs::canonicalize(&src.disk).unwrap_or_else(|_| src.disk.clone());
         qemu_img(
             &self.img,
             &[
@@ -159,7 +162,7 @@ impl Provider for QemuProvider {
                 "-F".as_ref(),
                 src.format.as_str().as_ref(),
                 "-b".as_ref(),
-                src.disk.as_os_str(),
+                base.as_os_str(),
                 overlay.as_os_str(),
             ],
         )
@@ -324,6 +327,8 @@ impl QemuProvider {
             "file={},if=virtio,format=qcow2,discard=unmap",
             qemu_escape(&overlay)
         ));
+        // Without an entropy source the guest's sshd waits seconds for its RNG to seed.
+        cmd.args(["-device", "virtio-rng-pci"]);
         cmd.arg("-netdev")
             .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"))
             .args(["-device", "virtio-net-pci,netdev=n0,romfile="]);
