@@ -63,6 +63,13 @@ impl Default for ConnectOptions {
 /// timeout. Generous, because key exchange on an emulated CPU is slow.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long to wait for the server's identification line before starting over. QEMU's
+/// user-mode network accepts a forwarded connection at once but may hand it to the guest much
+/// later; measured under CPU load, holding the first connection open found SSH ~8 s later than
+/// reconnecting when no banner came within 1.5 s. A banner is a few bytes and needs no crypto,
+/// so a short bound does not hurt slow guests; key exchange keeps the long [`ATTEMPT_TIMEOUT`].
+const BANNER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Connects and authenticates with `key`, retrying refused or reset connections, failed
 /// handshakes and rejected authentication (the guest may not have installed the key yet)
 /// until `opts.timeout`; then fails with [`SshError::Timeout`] carrying the last error.
@@ -78,6 +85,7 @@ pub async fn connect(
     let deadline = started + opts.timeout;
     let config = Arc::new(client_config());
     let mut attempt = 0u32;
+    let mut previous: Option<String> = None;
     loop {
         attempt += 1;
         let budget = deadline
@@ -95,11 +103,16 @@ pub async fn connect(
             }
             Ok(Err(Attempt::Fatal(e))) => return Err(e),
             Ok(Err(Attempt::Retry(message))) => message,
+            // An attempt cut short by the overall deadline says less than the one before it.
+            Err(_) if budget < ATTEMPT_TIMEOUT && previous.is_some() => {
+                previous.take().unwrap_or_default()
+            }
             Err(_) => format!(
                 "no ssh handshake and authentication within {:.1}s",
                 budget.as_secs_f64()
             ),
         };
+        previous = Some(last_error.clone());
         debug!(%target, attempt, error = %last_error, "ssh connection attempt failed");
         let remaining = deadline.saturating_duration_since(Instant::now());
         if !remaining.is_zero() {
@@ -134,6 +147,23 @@ async fn try_connect(
         .map_err(|e| Attempt::Retry(format!("tcp connect: {e}")))?;
     // Interactive-sized packets (exec requests, small outputs) should not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    // The server speaks first. `peek` leaves the banner for russh to read.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(BANNER_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(Ok(_)) => {
+            return Err(Attempt::Retry(
+                "connection closed before the ssh banner".into(),
+            ));
+        }
+        Ok(Err(e)) => return Err(Attempt::Retry(format!("waiting for the ssh banner: {e}"))),
+        Err(_) => {
+            return Err(Attempt::Retry(format!(
+                "no ssh banner within {}s",
+                BANNER_TIMEOUT.as_secs()
+            )));
+        }
+    }
     let mut handle = client::connect_stream(config, stream, AcceptAnyHostKey)
         .await
         .map_err(|e| Attempt::Retry(format!("ssh handshake: {e}")))?;
