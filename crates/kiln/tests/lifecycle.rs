@@ -178,3 +178,42 @@ fn on_error_abort_keeps_the_machine_until_gc() {
     assert!(gc.status.success(), "{}", text(&gc.stderr));
     project.assert_clean();
 }
+
+#[test]
+fn build_reaps_what_a_killed_run_left_before_it_starts() {
+    let Some(guest) = tiny_guest() else { return };
+    let project = Project::new(
+        &guest,
+        Steps {
+            provision: LONG_STEP,
+            ..Steps::default()
+        },
+    );
+    let mut run = start_long_build(&project);
+    kill(Pid::from_raw(run.child.id() as i32), Signal::SIGKILL).unwrap();
+    run.child.wait().unwrap();
+    assert_eq!(project.qemu_pids().len(), 1);
+
+    // The next build reaps the dead run first. It then fails at launch (no QEMU binary), so
+    // the test needs no second guest boot.
+    let out = project
+        .kiln()
+        .arg("build")
+        .env("KILN_QEMU", "/nonexistent/qemu-system-x86_64")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("removed 4 resource(s) left by earlier runs"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "error: tiny: step launch failed: `/nonexistent/qemu-system-x86_64` not found \
+             (install QEMU: scripts/setup.sh, or apt-get install qemu-system-x86 qemu-utils)"
+        ),
+        "{stderr}"
+    );
+    project.assert_clean();
+}

@@ -26,8 +26,8 @@ use crate::journal::{Journal, JournalError, Resource};
 /// What went wrong in a provider, by meaning (STYLE.md §8).
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("{what} not found")]
-    NotFound { what: String },
+    #[error("{what} not found{}", .hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    NotFound { what: String, hint: Option<String> },
     #[error("{what}: permission denied")]
     PermissionDenied {
         what: String,

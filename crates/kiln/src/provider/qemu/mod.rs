@@ -82,9 +82,10 @@ async fn qemu_img(img: &Path, args: &[&std::ffi::OsStr]) -> Result<(), ProviderE
 fn missing_tool(tool: &Path, e: std::io::Error) -> ProviderError {
     if e.kind() == std::io::ErrorKind::NotFound {
         ProviderError::NotFound {
-            what: format!(
-                "`{}` (install QEMU: scripts/setup.sh, or apt-get install qemu-system-x86 qemu-utils)",
-                tool.display()
+            what: format!("`{}`", tool.display()),
+            hint: Some(
+                "install QEMU: scripts/setup.sh, or apt-get install qemu-system-x86 qemu-utils"
+                    .into(),
             ),
         }
     } else {
@@ -353,7 +354,14 @@ impl QemuProvider {
             machine.name.clone(),
             data(json!({ "ssh_port": ssh_port, "scratch": req.scratch })),
         )?;
-        let child = cmd.spawn().map_err(|e| missing_tool(&self.system, e))?;
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                // Nothing was started: close the record written for it.
+                machine.res.removed(&proc_res)?;
+                return Err(missing_tool(&self.system, e).into());
+            }
+        };
         let pid = child.id().unwrap_or_default();
         let start = process::start_time(pid);
         machine.res.update(
