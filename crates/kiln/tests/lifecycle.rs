@@ -12,6 +12,26 @@ use nix::unistd::Pid;
 const LONG_STEP: &str =
     r#"  { shell = { name = "long", inline = ["echo started", "sleep 300"] } },"#;
 
+/// A project whose first provisioning step runs for minutes, built until that step is running.
+fn long_build(guest: &std::path::Path) -> (Project, Running) {
+    let project = Project::new(
+        guest,
+        Steps {
+            provision: LONG_STEP,
+            ..Steps::default()
+        },
+    );
+    let run = start_long_build(&project);
+    (project, run)
+}
+
+/// `kill -9` the run; its guest outlives it.
+fn kill_9(project: &Project, run: &mut Running) {
+    kill(Pid::from_raw(run.child.id() as i32), Signal::SIGKILL).unwrap();
+    run.child.wait().unwrap();
+    assert_eq!(project.qemu_pids().len(), 1, "QEMU outlives a killed kiln");
+}
+
 fn start_long_build(project: &Project) -> Running {
     let mut cmd = project.kiln();
     cmd.args(["--json", "build"]);
@@ -27,20 +47,11 @@ fn start_long_build(project: &Project) -> Running {
 #[test]
 fn kill_9_mid_provision_then_gc_removes_everything() {
     let Some(guest) = tiny_guest() else { return };
-    let project = Project::new(
-        &guest,
-        Steps {
-            provision: LONG_STEP,
-            ..Steps::default()
-        },
-    );
-    let mut run = start_long_build(&project);
+    let (project, mut run) = long_build(&guest);
     assert_eq!(project.qemu_pids().len(), 1, "one guest is running");
 
-    kill(Pid::from_raw(run.child.id() as i32), Signal::SIGKILL).unwrap();
-    run.child.wait().unwrap();
     // kill -9 gives kiln no chance to clean up: the guest is still there.
-    assert_eq!(project.qemu_pids().len(), 1, "QEMU outlives a killed kiln");
+    kill_9(&project, &mut run);
 
     let status = project.run(&["status"]);
     let status_out = text(&status.stdout);
@@ -82,14 +93,7 @@ fn kill_9_mid_provision_then_gc_removes_everything() {
 #[test]
 fn sigint_mid_provision_cleans_up_and_exits_130() {
     let Some(guest) = tiny_guest() else { return };
-    let project = Project::new(
-        &guest,
-        Steps {
-            provision: LONG_STEP,
-            ..Steps::default()
-        },
-    );
-    let mut run = start_long_build(&project);
+    let (project, mut run) = long_build(&guest);
 
     kill(Pid::from_raw(run.child.id() as i32), Signal::SIGINT).unwrap();
     // The issue's bound: stop the step, clean up and exit within 15 s.
@@ -182,17 +186,8 @@ fn on_error_abort_keeps_the_machine_until_gc() {
 #[test]
 fn build_reaps_what_a_killed_run_left_before_it_starts() {
     let Some(guest) = tiny_guest() else { return };
-    let project = Project::new(
-        &guest,
-        Steps {
-            provision: LONG_STEP,
-            ..Steps::default()
-        },
-    );
-    let mut run = start_long_build(&project);
-    kill(Pid::from_raw(run.child.id() as i32), Signal::SIGKILL).unwrap();
-    run.child.wait().unwrap();
-    assert_eq!(project.qemu_pids().len(), 1);
+    let (project, mut run) = long_build(&guest);
+    kill_9(&project, &mut run);
 
     // The next build reaps the dead run first. It then fails at launch (no QEMU binary), so
     // the test needs no second guest boot.

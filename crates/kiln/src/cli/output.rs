@@ -81,6 +81,34 @@ impl HumanSink {
     }
 }
 
+impl HumanSink {
+    /// End the current step: replace the spinner with a status line on a TTY, or print
+    /// `plain` (if any) otherwise.
+    fn finish_step(
+        &self,
+        mark: console::StyledObject<&str>,
+        image: &str,
+        step: &str,
+        duration_s: f64,
+        error: &str,
+        plain: Option<String>,
+    ) {
+        let line = format!(
+            "{mark} {} {} {} {error}",
+            style(image).cyan(),
+            style(step).bold(),
+            style(format!("({duration_s:.1}s)")).dim()
+        );
+        // Take the bar out first: `line` locks the same mutex.
+        let bar = self.bar.lock().expect("progress poisoned").take();
+        match (bar, plain) {
+            (Some(bar), _) => bar.finish_with_message(line.trim_end().to_string()),
+            (None, Some(plain)) => self.line(&plain),
+            (None, None) => {}
+        }
+    }
+}
+
 impl EventSink for HumanSink {
     fn emit(&self, event: Event) {
         if self.verbosity == Verbosity::Quiet {
@@ -116,22 +144,9 @@ impl EventSink for HumanSink {
                 step,
                 duration_s,
             } => {
-                let line = format!(
-                    "{} {} {} {}",
-                    style("✓").green(),
-                    style(&image).cyan(),
-                    style(&step).bold(),
-                    style(format!("({duration_s:.1}s)")).dim()
-                );
-                // Take the bar out before matching: `line` locks the same mutex.
-                let bar = self.bar.lock().expect("progress poisoned").take();
-                match bar {
-                    Some(bar) => bar.finish_with_message(line),
-                    None if self.verbosity == Verbosity::Verbose => {
-                        self.line(&format!("    {image}: {step}: done in {duration_s:.2}s"))
-                    }
-                    None => {}
-                }
+                let plain = (self.verbosity == Verbosity::Verbose)
+                    .then(|| format!("    {image}: {step}: done in {duration_s:.2}s"));
+                self.finish_step(style("✓").green(), &image, &step, duration_s, "", plain);
             }
             Event::StepFailed {
                 image,
@@ -139,20 +154,15 @@ impl EventSink for HumanSink {
                 duration_s,
                 error,
             } => {
-                let line = format!(
-                    "{} {} {} {} {error}",
+                let plain = format!("    {image}: {step}: failed after {duration_s:.1}s: {error}");
+                self.finish_step(
                     style("✗").red(),
-                    style(&image).cyan(),
-                    style(&step).bold(),
-                    style(format!("({duration_s:.1}s)")).dim()
+                    &image,
+                    &step,
+                    duration_s,
+                    &error,
+                    Some(plain),
                 );
-                let bar = self.bar.lock().expect("progress poisoned").take();
-                match bar {
-                    Some(bar) => bar.finish_with_message(line),
-                    None => self.line(&format!(
-                        "    {image}: {step}: failed after {duration_s:.1}s"
-                    )),
-                }
             }
             Event::Output {
                 image,
