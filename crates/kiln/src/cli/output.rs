@@ -87,22 +87,23 @@ impl HumanSink {
     fn finish_step(
         &self,
         mark: console::StyledObject<&str>,
-        image: &str,
-        step: &str,
         duration_s: f64,
         error: &str,
         plain: Option<String>,
     ) {
-        let line = format!(
-            "{mark} {} {} {} {error}",
-            style(image).cyan(),
-            style(step).bold(),
-            style(format!("({duration_s:.1}s)")).dim()
-        );
         // Take the bar out first: `line` locks the same mutex.
         let bar = self.bar.lock().expect("progress poisoned").take();
         match (bar, plain) {
-            (Some(bar), _) => bar.finish_with_message(line.trim_end().to_string()),
+            (Some(bar), _) => {
+                // Keep the step's title, drop the spinner and the ticking clock.
+                let title = bar.message();
+                bar.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
+                let line = format!(
+                    "{mark} {title} {} {error}",
+                    style(format!("({duration_s:.1}s)")).dim()
+                );
+                bar.finish_with_message(line.trim_end().to_string());
+            }
             (None, Some(plain)) => self.line(&plain),
             (None, None) => {}
         }
@@ -146,7 +147,7 @@ impl EventSink for HumanSink {
             } => {
                 let plain = (self.verbosity == Verbosity::Verbose)
                     .then(|| format!("    {image}: {step}: done in {duration_s:.2}s"));
-                self.finish_step(style("✓").green(), &image, &step, duration_s, "", plain);
+                self.finish_step(style("✓").green(), duration_s, "", plain);
             }
             Event::StepFailed {
                 image,
@@ -155,14 +156,7 @@ impl EventSink for HumanSink {
                 error,
             } => {
                 let plain = format!("    {image}: {step}: failed after {duration_s:.1}s: {error}");
-                self.finish_step(
-                    style("✗").red(),
-                    &image,
-                    &step,
-                    duration_s,
-                    &error,
-                    Some(plain),
-                );
+                self.finish_step(style("✗").red(), duration_s, &error, Some(plain));
             }
             Event::Output {
                 image,
