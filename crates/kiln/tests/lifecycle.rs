@@ -117,8 +117,9 @@ fn guest_that_never_answers_ssh_fails_with_console_tail() {
     let project = Project::new(
         &guest,
         Steps {
-            image_extra: r#"ssh = { timeout = "12s" }"#,
-            append_extra: "root=/dev/nonexistent tiny.shell",
+            image_extra: r#"ssh = { timeout = "25s" }"#,
+            // `loglevel=7` undoes `quiet`, so the console has kernel lines to show early.
+            append_extra: "root=/dev/nonexistent tiny.shell loglevel=7",
             ..Steps::default()
         },
     );
@@ -131,7 +132,7 @@ fn guest_that_never_answers_ssh_fails_with_console_tail() {
         "{stderr}"
     );
     assert!(
-        error.contains("within 12.0s"),
+        error.contains("within 25.0s"),
         "the message names the bound: {error}"
     );
     assert!(
