@@ -1,12 +1,15 @@
 //! Content digests of build inputs (files and directory trees).
 //!
 //! Owns how an input's identity is computed for step keys and manifests: SHA-256 of a file's
-//! bytes, or for a directory of its sorted relative paths, modes and contents. It reads files
-//! and nothing else.
+//! bytes, or for a directory of its sorted relative paths, modes and contents. Digests of big
+//! files (base disks run to gigabytes) are remembered in the user cache, keyed by the file's
+//! device, inode, size and modification time, so `plan` and `build` do not re-read an unchanged
+//! disk every time. It reads files and writes only that cache.
 
+use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -20,6 +23,62 @@ pub fn sha256_path(path: &Path) -> std::io::Result<String> {
     } else {
         sha256_file(path)
     }
+}
+
+/// Files smaller than this are hashed every time: reading them costs less than the cache.
+const CACHE_MIN_SIZE: u64 = 16 << 20;
+
+/// What identifies an unchanged file without reading it.
+fn stamp(meta: &std::fs::Metadata) -> String {
+    format!(
+        "{}:{}:{}:{}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    )
+}
+
+/// Like [`sha256_path`], remembering the digests of big files in `cache_file`.
+pub fn sha256_path_cached(path: &Path, cache_file: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() || meta.len() < CACHE_MIN_SIZE {
+        return sha256_path(path);
+    }
+    let key = std::fs::canonicalize(path)?;
+    let stamp = stamp(&meta);
+    let mut cache: BTreeMap<PathBuf, (String, String)> = std::fs::read_to_string(cache_file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    if let Some((seen, digest)) = cache.get(&key)
+        && *seen == stamp
+    {
+        return Ok(digest.clone());
+    }
+    let digest = sha256_file(path)?;
+    // The file may have changed while it was read; only a stable stamp is worth keeping.
+    if std::fs::metadata(path)
+        .map(|m| self::stamp(&m))
+        .ok()
+        .as_ref()
+        == Some(&stamp)
+    {
+        cache.insert(key, (stamp, digest.clone()));
+        cache.retain(|p, _| p.exists());
+        // A cache that cannot be written only costs a re-read next time.
+        if let Some(dir) = cache_file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = cache_file.with_extension(format!("tmp{}", std::process::id()));
+        if let Ok(text) = serde_json::to_string(&cache)
+            && std::fs::write(&tmp, text).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, cache_file);
+        }
+    }
+    Ok(digest)
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -76,6 +135,44 @@ mod tests {
             sha256_path(&f).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn big_file_digests_are_cached_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache/digests.json");
+        let big = dir.path().join("disk.img");
+        let data = vec![7u8; CACHE_MIN_SIZE as usize];
+        std::fs::write(&big, &data).unwrap();
+        let first = sha256_path_cached(&big, &cache).unwrap();
+        assert_eq!(first, sha256_file(&big).unwrap());
+        assert!(cache.exists(), "a big file's digest is remembered");
+
+        // A planted wrong digest for the same stamp proves the cache is what answers.
+        let text = std::fs::read_to_string(&cache)
+            .unwrap()
+            .replace(&first, "cached");
+        std::fs::write(&cache, text).unwrap();
+        assert_eq!(sha256_path_cached(&big, &cache).unwrap(), "cached");
+
+        // Any change to the file (here its size and mtime) means it is read again.
+        let mut data = data;
+        data.push(1);
+        std::fs::write(&big, &data).unwrap();
+        assert_eq!(
+            sha256_path_cached(&big, &cache).unwrap(),
+            sha256_file(&big).unwrap()
+        );
+    }
+
+    #[test]
+    fn small_files_are_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("digests.json");
+        let f = dir.path().join("a");
+        std::fs::write(&f, b"abc").unwrap();
+        sha256_path_cached(&f, &cache).unwrap();
+        assert!(!cache.exists());
     }
 
     #[test]

@@ -125,7 +125,8 @@ pub fn plan(config: &Config, only: &[String]) -> Result<Plan, PlanError> {
 }
 
 fn digest_input(path: &Path) -> Result<Input, PlanError> {
-    let sha256 = digest::sha256_path(path).map_err(|source| PlanError::Input {
+    let cache = crate::paths::cache_dir().join("digests.json");
+    let sha256 = digest::sha256_path_cached(path, &cache).map_err(|source| PlanError::Input {
         path: path.to_path_buf(),
         source,
     })?;
