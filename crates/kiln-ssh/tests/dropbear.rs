@@ -294,13 +294,12 @@ async fn dropping_an_exec_midway_leaves_the_session_usable() {
     );
     assert_eq!(seen.lock().unwrap().as_slice(), b"started\n");
 
-    let started = Instant::now();
+    // A wedged session would hang here (nextest's timeout ends it); no clock is asserted.
     let (status, out) = run(&session, "echo still here", None).await;
     assert_eq!(
         (status, out.text(OutputStream::Stdout).as_str()),
         (0, "still here\n")
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
 
     // The abandoned command ending later, while another runs, disturbs neither.
     let dropped =

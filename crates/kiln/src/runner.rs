@@ -162,6 +162,8 @@ struct Bake<'a> {
     // Results for the manifest.
     records: Vec<StepRecord>,
     output: Option<OutputRecord>,
+    /// The manifest as written by the manifest step (what the build reports).
+    written: Option<Manifest>,
 }
 
 /// A step failure with what people need to act on it.
@@ -227,6 +229,7 @@ impl<'a> Bake<'a> {
             partial: None,
             records: Vec::new(),
             output: None,
+            written: None,
         }
     }
 
@@ -318,7 +321,7 @@ impl<'a> Bake<'a> {
             }
             Ok(()) => {
                 self.cleanup().await;
-                Ok(self.manifest())
+                Ok(self.written.take().expect("the manifest step ran"))
             }
         }
     }
@@ -344,6 +347,7 @@ impl<'a> Bake<'a> {
                     message: format!("write {}: {e}", self.plan.manifest.display()),
                     details: Vec::new(),
                 })?;
+                self.written = Some(manifest);
                 Ok(())
             }
         }
