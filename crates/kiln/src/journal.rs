@@ -191,7 +191,7 @@ impl StateDir {
                 next_rid: 1,
                 live: BTreeMap::new(),
             }),
-            _lock: lock,
+            lock,
         };
         journal.append(&Record::Run {
             run_id,
@@ -394,7 +394,7 @@ pub struct Journal {
     path: PathBuf,
     inner: Mutex<Inner>,
     /// Held for the life of the run: the lock is how `gc` tells live runs from dead ones.
-    _lock: File,
+    lock: File,
 }
 
 impl Journal {
@@ -475,19 +475,18 @@ impl Journal {
         inner.live.iter().map(|(k, v)| (*k, v.clone())).collect()
     }
 
-    /// Write the end record. When nothing is left alive the journal and lock are deleted:
-    /// there is nothing for `gc` to do, and `.kiln/` stays small.
-    pub fn finish(self, state: &StateDir, status: &str) -> Result<(), JournalError> {
+    /// Write the end record and release the run's lock: from here on the run reads as dead,
+    /// which it is. When nothing is left alive the journal and lock are deleted: there is
+    /// nothing for `gc` to do, and `.kiln/` stays small.
+    pub fn finish(&self, state: &StateDir, status: &str) -> Result<(), JournalError> {
         self.append(&Record::End {
             status: status.to_string(),
             at: Timestamp::now(),
         })?;
-        let clean = self.live().is_empty();
-        let run = self.run_id.clone();
-        // Release the lock first: from here on the run reads as dead, which it is.
-        drop(self);
-        if clean {
-            state.forget(&run)?;
+        let lock_path = state.lock_path(&self.run_id);
+        self.lock.unlock().map_err(io_err(&lock_path))?;
+        if self.live().is_empty() {
+            state.forget(&self.run_id)?;
         }
         Ok(())
     }

@@ -136,7 +136,6 @@ pub async fn build(
         status: status.into(),
         duration_s: started.elapsed().as_secs_f64(),
     });
-    let journal = Arc::try_unwrap(journal).expect("bakes release the journal when done");
     journal.finish(&state, status)?;
     outcome.map(|()| BuildReport { run_id, manifests })
 }
