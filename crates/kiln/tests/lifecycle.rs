@@ -90,23 +90,32 @@ fn kill_9_mid_provision_then_gc_removes_everything() {
     );
 }
 
-#[test]
-fn sigint_mid_provision_cleans_up_and_exits_130() {
+/// Stop the step, clean up and exit with 130 within the bound of 15 s.
+fn interrupt_mid_provision(signal: Signal) {
     let Some(guest) = tiny_guest() else { return };
     let (project, mut run) = long_build(&guest);
 
-    kill(Pid::from_raw(run.child.id() as i32), Signal::SIGINT).unwrap();
-    // The bound: stop the step, clean up and exit within 15 s.
+    kill(Pid::from_raw(run.child.id() as i32), signal).unwrap();
     let status = run.wait_exit(Duration::from_secs(15));
     let stderr = run.stderr();
     let status =
-        status.unwrap_or_else(|| panic!("kiln did not exit within 15 s of SIGINT: {stderr}"));
+        status.unwrap_or_else(|| panic!("kiln did not exit within 15 s of {signal}: {stderr}"));
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(
         stderr.contains("error: interrupted; cleanup done"),
         "{stderr}"
     );
     project.assert_clean();
+}
+
+#[test]
+fn sigint_mid_provision_cleans_up_and_exits_130() {
+    interrupt_mid_provision(Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_mid_provision_cleans_up_and_exits_130() {
+    interrupt_mid_provision(Signal::SIGTERM);
 }
 
 #[test]
