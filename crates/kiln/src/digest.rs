@@ -48,10 +48,8 @@ pub fn sha256_path_cached(path: &Path, cache_file: &Path) -> std::io::Result<Str
     }
     let key = std::fs::canonicalize(path)?;
     let stamp = stamp(&meta);
-    let mut cache: BTreeMap<PathBuf, (String, String)> = std::fs::read_to_string(cache_file)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+    let mut cache: BTreeMap<PathBuf, (String, String)> =
+        crate::paths::read_cache(cache_file).unwrap_or_default();
     if let Some((seen, digest)) = cache.get(&key)
         && *seen == stamp
     {
@@ -59,24 +57,11 @@ pub fn sha256_path_cached(path: &Path, cache_file: &Path) -> std::io::Result<Str
     }
     let digest = sha256_file(path)?;
     // The file may have changed while it was read; only a stable stamp is worth keeping.
-    if std::fs::metadata(path)
-        .map(|m| self::stamp(&m))
-        .ok()
-        .as_ref()
-        == Some(&stamp)
-    {
+    let after = std::fs::metadata(path).map(|m| self::stamp(&m)).ok();
+    if after.as_ref() == Some(&stamp) {
         cache.insert(key, (stamp, digest.clone()));
         cache.retain(|p, _| p.exists());
-        // A cache that cannot be written only costs a re-read next time.
-        if let Some(dir) = cache_file.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let tmp = cache_file.with_extension(format!("tmp{}", std::process::id()));
-        if let Ok(text) = serde_json::to_string(&cache)
-            && std::fs::write(&tmp, text).is_ok()
-        {
-            let _ = std::fs::rename(&tmp, cache_file);
-        }
+        crate::paths::write_cache(cache_file, &cache);
     }
     Ok(digest)
 }

@@ -574,13 +574,10 @@ impl<'a> Bake<'a> {
                 })
                 .collect(),
             machine: self.machine.as_ref().map(|m| m.facts()).unwrap_or_default(),
-            output: self.output.clone().unwrap_or(OutputRecord {
-                path: self.plan.output.clone(),
-                format: self.image.output.format.as_str().into(),
-                compressed: self.image.output.compress,
-                size: 0,
-                sha256: String::new(),
-            }),
+            output: self
+                .output
+                .clone()
+                .expect("the manifest step runs after capture"),
             steps: self.records.clone(),
             started: self.started,
             finished: Timestamp::now(),

@@ -4,7 +4,7 @@
 //! `/dev/kvm` that opens is not proof: nested or paravirtual KVMs (e.g. `kvm_pvm`) accept the
 //! device and then kill real guests with "KVM internal error". So `auto` runs a short probe
 //! boot under KVM and only uses it if the probe passes; the verdict is cached per host kernel,
-//! QEMU binary and device so the probe costs once. `kvm` and `tcg` in the file skip the probe.
+//! boot and QEMU binary so the probe costs once. `kvm` and `tcg` in the file skip the probe.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -185,9 +185,12 @@ async fn cache_key(qemu: &Path) -> String {
                 .to_string()
         })
         .unwrap_or_default();
+    // The boot id makes a reboot (a new kernel module, a changed /dev/kvm) probe again.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     format!(
-        "{} | {} | {}",
+        "{} | {} | {} | {}",
         kernel.trim(),
+        boot.trim(),
         version.trim(),
         qemu.display()
     )
@@ -200,8 +203,7 @@ struct CacheEntry {
 }
 
 fn read_cache(path: &Path, key: &str) -> Option<AccelDecision> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let entry: CacheEntry = serde_json::from_str(&text).ok()?;
+    let entry: CacheEntry = crate::paths::read_cache(path)?;
     (entry.key == key).then(|| AccelDecision {
         reason: format!("{} (cached)", entry.decision.reason),
         ..entry.decision
@@ -209,18 +211,9 @@ fn read_cache(path: &Path, key: &str) -> Option<AccelDecision> {
 }
 
 fn write_cache(path: &Path, key: &str, decision: &AccelDecision) {
-    // The cache only saves a probe; failing to write it is not worth failing a build.
     let entry = CacheEntry {
         key: key.to_string(),
         decision: decision.clone(),
     };
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Ok(text) = serde_json::to_string_pretty(&entry) {
-        let tmp = path.with_extension("json.tmp");
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
-    }
+    crate::paths::write_cache(path, &entry);
 }
