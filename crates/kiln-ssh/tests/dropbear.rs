@@ -110,20 +110,25 @@ async fn connect_retries_until_the_key_is_authorized() {
     session.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn connect_times_out_with_the_last_error_when_nothing_listens() {
+/// Connect as `kiln` to a local port with a fresh key, expecting failure within `timeout`.
+async fn connect_error(port: u16, timeout: Duration) -> SshError {
     let key = KeyPair::generate().unwrap();
-    let port = support::free_port();
     let target = kiln_ssh::Target {
         host: "127.0.0.1".to_owned(),
         port,
         user: "kiln".to_owned(),
     };
     let opts = ConnectOptions {
-        timeout: Duration::from_secs(1),
+        timeout,
         retry_interval: Duration::from_millis(100),
     };
-    let err = kiln_ssh::connect(&target, &key, &opts).await.unwrap_err();
+    kiln_ssh::connect(&target, &key, &opts).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn connect_times_out_with_the_last_error_when_nothing_listens() {
+    let port = support::free_port();
+    let err = connect_error(port, Duration::from_secs(1)).await;
     match &err {
         SshError::Timeout {
             target: t,
@@ -162,17 +167,7 @@ async fn connect_reconnects_when_no_banner_comes() {
             held.push(stream); // accepted, never answered
         }
     });
-    let key = KeyPair::generate().unwrap();
-    let target = kiln_ssh::Target {
-        host: "127.0.0.1".to_owned(),
-        port,
-        user: "kiln".to_owned(),
-    };
-    let opts = ConnectOptions {
-        timeout: Duration::from_secs(5),
-        retry_interval: Duration::from_millis(100),
-    };
-    let err = kiln_ssh::connect(&target, &key, &opts).await.unwrap_err();
+    let err = connect_error(port, Duration::from_secs(5)).await;
     match &err {
         SshError::Timeout { last_error, .. } => assert_eq!(last_error, "no ssh banner within 2s"),
         other => panic!("expected a timeout, got {other:?}"),
