@@ -292,7 +292,10 @@ impl QemuProvider {
             .as_ref()
             .map(|(s, _)| s.guest_url())
             .unwrap_or_default();
-        let nocloud = format!("ds=nocloud;s={seed_url}");
+        // `nocloud-net`, not `nocloud`: cloud-init up to 23.x (Debian 11/12, Ubuntu 20.04-22.04)
+        // refuses HTTP seeds under `nocloud` ("Seed from http://… not supported"), falls back
+        // to DataSourceNone and never installs the key; every version accepts `nocloud-net`.
+        let nocloud = format!("ds=nocloud-net;s={seed_url}");
         let overlay = machine
             .overlay
             .as_ref()

@@ -1,6 +1,6 @@
 //! A NoCloud seed served over HTTP to the guest.
 //!
-//! cloud-init's NoCloud datasource (`ds=nocloud;s=http://10.0.2.2:PORT/`) fetches `meta-data`
+//! cloud-init's NoCloud datasource (`ds=nocloud-net;s=http://10.0.2.2:PORT/`) fetches `meta-data`
 //! and `user-data` from a URL; QEMU's user-mode network shows the host's 127.0.0.1 to the
 //! guest as 10.0.2.2. Serving the seed (instead of building a `cidata` ISO) needs no extra host
 //! tools, and real cloud images and kiln's tiny test guest read it the same way. The server
