@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build (or find in the cache) kiln's tiny test guest: Debian's cloud kernel, a small initramfs
-# that loads the virtio modules, and a 128 MiB ext4 root disk with busybox, dropbear (+ scp) and a
-# NoCloud agent (guest/tiny/README.md). Everything comes from Debian packages; nothing is mounted
-# and nothing is installed into the host's /boot.
+# that loads the virtio modules, and a 128 MiB ext4 root disk with busybox, dropbear (+ scp,
+# dropbearconvert, dropbearkey) and a NoCloud agent (guest/tiny/README.md). Everything comes from
+# Debian packages; nothing is mounted and nothing is installed into the host's /boot.
 #
 # usage: scripts/tiny-guest.sh [--force] [--prune] [-h]
 #   --force  rebuild even if the cache has this build
@@ -57,8 +57,8 @@ die() { log "error: $*"; exit 1; }
 [[ -d $GUEST/rootfs && -f $GUEST/initramfs/init ]] || die "guest files not found in $GUEST"
 
 # --- tools (scripts/setup.sh installs what is missing) -----------------------------------------
-TOOLS=(busybox dropbear scp mkfs.ext4 debugfs qemu-img dpkg-deb dpkg-query apt-get apt-cache
-  xz zstd gzip flock sha256sum ldd)
+TOOLS=(busybox dropbear dropbearconvert dropbearkey scp mkfs.ext4 debugfs qemu-img dpkg-deb dpkg-query
+  apt-get apt-cache xz zstd gzip flock sha256sum ldd)
 missing_tools() { local t; for t in "${TOOLS[@]}"; do command -v "$t" >/dev/null 2>&1 || echo "$t"; done; }
 if [[ -n $(missing_tools) ]]; then
   log "missing tools: $(missing_tools | tr '\n' ' ')- running scripts/setup.sh"
@@ -230,6 +230,9 @@ copy_with_libs() { # BINARY DEST: the binary and every library ldd names, at the
 }
 : >"$W/libs"
 copy_with_libs "$(command -v dropbear)" /usr/sbin/dropbear
+# The NoCloud agent converts host keys from user-data (OpenSSH format) and checks them with these.
+copy_with_libs "$(command -v dropbearconvert)" /usr/bin/dropbearconvert
+copy_with_libs "$(command -v dropbearkey)" /usr/bin/dropbearkey
 copy_with_libs "$(command -v scp)" /usr/bin/scp
 if [[ -n ${GROUP[cidata]:-} ]]; then
   mkdir -p "$R/lib/modules/$KREL/tiny"
