@@ -45,7 +45,64 @@ pub struct Image {
     pub provision: Vec<Step>,
     /// Test steps, run after provisioning; any failure means no image is written.
     pub test: Vec<Step>,
+    /// What is removed from the guest before it is stopped for capture.
+    pub generalize: Generalize,
     pub output: Output,
+}
+
+/// Removing what the build left in the guest, so that users do not ship it (modelled on
+/// libguestfs' `virt-sysprep` operations).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Generalize {
+    /// The build's own traces: kiln's key in `authorized_keys`, cloud-init's instance state
+    /// (`cloud-init clean --logs --machine-id`), SSH host keys made during the build, kiln's
+    /// temporary files. Default true; `generalize = false` turns everything off.
+    pub enabled: bool,
+    /// Further operations asked for with `generalize = ["…"]`, in a fixed order, no repeats.
+    pub extra: Vec<GeneralizeOp>,
+}
+
+impl Default for Generalize {
+    fn default() -> Self {
+        Generalize {
+            enabled: true,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// An operation beyond the default ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneralizeOp {
+    /// Empty `/etc/machine-id` (systemd makes a new one at first boot).
+    MachineId,
+    /// Delete log files under `/var/log` (and the systemd journal).
+    Logs,
+    /// Delete shell histories of root and every user.
+    BashHistory,
+    /// Empty `/tmp` and `/var/tmp`.
+    Tmp,
+    /// Delete downloaded packages (apt, dnf/yum, apk caches).
+    PackageCache,
+}
+
+impl GeneralizeOp {
+    pub const ALL: [(&'static str, GeneralizeOp); 5] = [
+        ("machine-id", GeneralizeOp::MachineId),
+        ("logs", GeneralizeOp::Logs),
+        ("bash-history", GeneralizeOp::BashHistory),
+        ("tmp", GeneralizeOp::Tmp),
+        ("package-cache", GeneralizeOp::PackageCache),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        GeneralizeOp::ALL
+            .iter()
+            .find(|(_, op)| *op == self)
+            .map(|(name, _)| *name)
+            .expect("every operation is listed")
+    }
 }
 
 /// Where a bake starts. One variant per provider; more providers add variants.
@@ -115,6 +172,19 @@ pub struct Ssh {
     /// How long to wait for the guest to answer SSH after launch. Default 5 minutes.
     #[serde(with = "duration_secs")]
     pub timeout: Duration,
+    /// How the guest's host key is checked. Default `Pinned`.
+    pub host_key: HostKeyCheck,
+}
+
+/// `ssh.host_key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyCheck {
+    /// kiln gives the guest a per-build host key through cloud-init and accepts only that one.
+    Pinned,
+    /// Accept whatever key the guest presents on first contact (for images that ignore the
+    /// host key in cloud-init user-data).
+    AcceptNew,
 }
 
 /// How the guest is stopped before its disk becomes the image.
@@ -157,6 +227,11 @@ impl StepKind {
 #[derive(Debug, Clone, Serialize)]
 pub struct ShellStep {
     pub body: ShellBody,
+    /// The inline lines as written in kiln.toml, before interpolation: what titles, plans
+    /// and manifests show, so that an interpolated value (a token) never appears there.
+    /// Empty for a script. Not part of the step's identity (the interpolated body is).
+    #[serde(skip)]
+    pub written: Vec<String>,
     /// Exported to the command, in this order.
     pub env: BTreeMap<String, String>,
     /// `cd` here before running (guest path).

@@ -44,7 +44,46 @@ pub(crate) struct Image {
     pub(crate) shutdown: Option<Spanned<Shutdown>>,
     pub(crate) provision: Option<Spanned<Vec<Spanned<Step>>>>,
     pub(crate) test: Option<Spanned<Vec<Spanned<Step>>>>,
+    pub(crate) generalize: Option<Spanned<Generalize>>,
     pub(crate) output: Option<Spanned<Output>>,
+}
+
+/// `generalize = true | false | ["machine-id", …]`. Written by hand rather than
+/// `#[serde(untagged)]`, whose errors say nothing useful (STYLE.md §5): a wrong type reads
+/// "expected true, false or a list of operation names".
+#[derive(Debug)]
+pub(crate) enum Generalize {
+    Enabled(bool),
+    /// The default operations plus these.
+    With(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for Generalize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct GeneralizeVisitor;
+
+        impl<'de> Visitor<'de> for GeneralizeVisitor {
+            type Value = Generalize;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or a list of operation names")
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Generalize::Enabled(v))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut ops = Vec::new();
+                while let Some(op) = seq.next_element::<Spanned<String>>()? {
+                    ops.push(op);
+                }
+                Ok(Generalize::With(ops))
+            }
+        }
+
+        deserializer.deserialize_any(GeneralizeVisitor)
+    }
 }
 
 /// `source = { <provider> = { … } }`: exactly one provider table. The serde name is the noun
@@ -74,6 +113,7 @@ pub(crate) struct Qemu {
 pub(crate) struct Ssh {
     pub(crate) user: Option<Spanned<String>>,
     pub(crate) timeout: Option<Spanned<String>>,
+    pub(crate) host_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

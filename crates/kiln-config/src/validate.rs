@@ -16,8 +16,9 @@ use std::time::Duration;
 use crate::diagnostic::{Diagnostic, Diagnostics, SourceFile};
 use crate::interpolate::{Interpolator, Scope};
 use crate::model::{
-    Accelerator, CollectStep, Config, DiskFormat, FileStep, Image, Output, Project, QemuSource,
-    ShellBody, ShellStep, Shutdown, Source, Ssh, Step, StepKind,
+    Accelerator, CollectStep, Config, DiskFormat, FileStep, Generalize, GeneralizeOp, HostKeyCheck,
+    Image, Output, Project, QemuSource, ShellBody, ShellStep, Shutdown, Source, Ssh, Step,
+    StepKind,
 };
 use crate::raw::{self, Spanned};
 use crate::suggest;
@@ -35,6 +36,10 @@ const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
 const DISK_FORMATS: &[(&str, DiskFormat)] =
     &[("qcow2", DiskFormat::Qcow2), ("raw", DiskFormat::Raw)];
+const HOST_KEY_CHECKS: &[(&str, HostKeyCheck)] = &[
+    ("pinned", HostKeyCheck::Pinned),
+    ("accept-new", HostKeyCheck::AcceptNew),
+];
 const ACCELERATORS: &[(&str, Accelerator)] = &[
     ("auto", Accelerator::Auto),
     ("kvm", Accelerator::Kvm),
@@ -191,6 +196,7 @@ impl Validator<'_> {
         let shutdown = self.shutdown(scope, raw.shutdown.as_ref());
         let provision = self.steps(scope, raw.provision.as_ref());
         let test = self.steps(scope, raw.test.as_ref());
+        let generalize = self.generalize(scope, raw.generalize.as_ref());
         let output = self.output(scope, &name, raw.output.as_ref());
         Some(Image {
             name,
@@ -199,8 +205,35 @@ impl Validator<'_> {
             shutdown,
             provision,
             test,
+            generalize,
             output,
         })
+    }
+
+    fn generalize(
+        &mut self,
+        scope: Scope<'_>,
+        generalize: Option<&Spanned<raw::Generalize>>,
+    ) -> Generalize {
+        match generalize.and_then(Spanned::get) {
+            None => Generalize::default(),
+            Some(raw::Generalize::Enabled(enabled)) => Generalize {
+                enabled: *enabled,
+                extra: Vec::new(),
+            },
+            Some(raw::Generalize::With(ops)) => {
+                let mut extra: Vec<GeneralizeOp> = ops
+                    .iter()
+                    .filter_map(|op| self.choice(scope, op, &GeneralizeOp::ALL, "operation"))
+                    .collect();
+                extra.sort();
+                extra.dedup();
+                Generalize {
+                    enabled: true,
+                    extra,
+                }
+            }
+        }
     }
 
     fn source(&mut self, scope: Scope<'_>, source: &Spanned<raw::Source>) -> Option<Source> {
@@ -265,7 +298,17 @@ impl Validator<'_> {
             Some(t) => self.duration(scope, t).unwrap_or(DEFAULT_SSH_TIMEOUT),
             None => DEFAULT_SSH_TIMEOUT,
         };
-        Ssh { user, timeout }
+        let host_key = match raw.and_then(|r| r.host_key.as_ref()) {
+            Some(h) => self
+                .choice(scope, h, HOST_KEY_CHECKS, "host key check")
+                .unwrap_or(HostKeyCheck::Pinned),
+            None => HostKeyCheck::Pinned,
+        };
+        Ssh {
+            user,
+            timeout,
+            host_key,
+        }
     }
 
     fn shutdown(
@@ -390,8 +433,15 @@ impl Validator<'_> {
                 None => String::from("shell"),
             },
         });
+        let written = raw
+            .inline
+            .as_ref()
+            .and_then(Spanned::get)
+            .map(|lines| lines.iter().filter_map(|l| l.get().cloned()).collect())
+            .unwrap_or_default();
         let step = ShellStep {
             body,
+            written,
             env,
             workdir,
             sudo,

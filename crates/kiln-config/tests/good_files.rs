@@ -56,6 +56,8 @@ fn minimal_file_gets_every_default() {
     assert_eq!(q.cpus, 1);
     assert_eq!(q.accelerator, Accelerator::Auto);
     assert_eq!(image.ssh.user, "root");
+    assert_eq!(image.ssh.host_key, kiln_config::HostKeyCheck::Pinned);
+    assert_eq!(image.generalize, kiln_config::Generalize::default());
     assert_eq!(image.ssh.timeout, Duration::from_secs(300));
     assert_eq!(image.shutdown.command, "poweroff");
     assert_eq!(image.shutdown.timeout, Duration::from_secs(120));
@@ -101,6 +103,18 @@ fn full_file_fields() {
 
     let tiny = &config.images[0];
     assert_eq!(tiny.ssh.user, "builder");
+    assert_eq!(tiny.ssh.host_key, kiln_config::HostKeyCheck::AcceptNew);
+    assert_eq!(
+        tiny.generalize,
+        kiln_config::Generalize {
+            enabled: true,
+            extra: vec![
+                kiln_config::GeneralizeOp::MachineId,
+                kiln_config::GeneralizeOp::Tmp
+            ],
+        },
+        "extra operations in a fixed order, without repeats"
+    );
     assert_eq!(tiny.ssh.timeout, Duration::from_secs(90));
     assert_eq!(tiny.shutdown.timeout, Duration::from_secs(90));
     assert_eq!(tiny.output.file_name, "tiny-quickstart.qcow2");
@@ -436,10 +450,12 @@ name = "i"
 source.qemu.disk = "disk.img"
 source.qemu.cpus = 4
 ssh.user = "admin"
+generalize = false
 "#;
     let config = scratch.load(text, &LoadOptions::default()).unwrap();
     assert_eq!(qemu(&config, 0).cpus, 4);
     assert_eq!(config.images[0].ssh.user, "admin");
+    assert!(!config.images[0].generalize.enabled);
 }
 
 #[test]

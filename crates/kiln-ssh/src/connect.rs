@@ -4,18 +4,25 @@
 //! until a deadline, because a freshly booted guest refuses connections, resets them, or
 //! rejects the key until its SSH server is up and the key is installed. It also owns the
 //! russh client configuration. It must not run commands; that is [`crate::session`]'s job.
+//!
+//! Host keys are verified during the handshake by the policy in [`ConnectOptions::host_key`]
+//! (see [`crate::host_key`]): with [`HostKeyPolicy::Pinned`] the client asks only for host
+//! keys of the pinned key's type and accepts only that key. A wrong key, or a server without
+//! a key of that type, ends the connect at once instead of being retried until the deadline:
+//! a guest that booted with another host key keeps it, so waiting cannot help, and the client
+//! key is never offered to a server that failed the check.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use russh::MethodKind;
 use russh::client;
 use russh::keys::PrivateKeyWithHashAlg;
-use russh::keys::PublicKeyOrCertificate;
+use russh::{AlgorithmKind, MethodKind};
 use tracing::debug;
 
 use crate::error::SshError;
+use crate::host_key::{HostKeyCheck, HostKeyPolicy, PresentedKey, PublicKey};
 use crate::key::KeyPair;
 use crate::session::Session;
 
@@ -38,20 +45,25 @@ impl fmt::Display for Target {
     }
 }
 
-/// How long [`connect`] keeps trying.
+/// Which host key [`connect`] accepts, and how long it keeps trying.
+///
+/// There is no `Default`: the host key policy is a security decision each caller makes.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
+    /// Which host key to accept.
+    pub host_key: HostKeyPolicy,
     /// Give up after this long, counted from the call.
     pub timeout: Duration,
     /// Wait this long between failed attempts.
     pub retry_interval: Duration,
 }
 
-impl Default for ConnectOptions {
-    /// Five minutes, retrying every 250 ms: a guest under software emulation can take
-    /// minutes to boot.
-    fn default() -> Self {
+impl ConnectOptions {
+    /// `host_key`, with a five-minute timeout, retrying every 250 ms: a guest under software
+    /// emulation can take minutes to boot.
+    pub fn new(host_key: HostKeyPolicy) -> Self {
         ConnectOptions {
+            host_key,
             timeout: Duration::from_secs(5 * 60),
             retry_interval: Duration::from_millis(250),
         }
@@ -74,8 +86,10 @@ const BANNER_TIMEOUT: Duration = Duration::from_secs(2);
 /// handshakes and rejected authentication (the guest may not have installed the key yet)
 /// until `opts.timeout`; then fails with [`SshError::Timeout`] carrying the last error.
 ///
-/// The guest's host key is accepted whatever it is: every guest is new and generates its host
-/// key at first boot, so there is nothing to compare it with.
+/// The server's host key is checked against `opts.host_key`. A key the policy rejects is
+/// [`SshError::HostKeyMismatch`] (or [`SshError::HostKeyAlgorithmUnavailable`] when the
+/// server has no key of the pinned type), returned at once without retrying. The accepted key
+/// is [`Session::host_key`].
 pub async fn connect(
     target: &Target,
     key: &KeyPair,
@@ -83,7 +97,7 @@ pub async fn connect(
 ) -> Result<Session, SshError> {
     let started = Instant::now();
     let deadline = started + opts.timeout;
-    let config = Arc::new(client_config());
+    let config = Arc::new(client_config(&opts.host_key));
     let mut attempt = 0u32;
     let mut previous: Option<String> = None;
     loop {
@@ -93,13 +107,19 @@ pub async fn connect(
             .min(ATTEMPT_TIMEOUT);
         let last_error = match tokio::time::timeout(
             budget,
-            try_connect(target, key, Arc::clone(&config)),
+            try_connect(target, key, &opts.host_key, Arc::clone(&config)),
         )
         .await
         {
-            Ok(Ok(handle)) => {
-                debug!(%target, attempt, elapsed = ?started.elapsed(), "ssh session established");
-                return Ok(Session::new(handle, target.clone()));
+            Ok(Ok((handle, host_key))) => {
+                debug!(
+                    %target,
+                    attempt,
+                    elapsed = ?started.elapsed(),
+                    host_key = %host_key.fingerprint(),
+                    "ssh session established"
+                );
+                return Ok(Session::new(handle, target.clone(), host_key));
             }
             Ok(Err(Attempt::Fatal(e))) => return Err(e),
             Ok(Err(Attempt::Retry(message))) => message,
@@ -140,8 +160,9 @@ enum Attempt {
 async fn try_connect(
     target: &Target,
     key: &KeyPair,
+    policy: &HostKeyPolicy,
     config: Arc<client::Config>,
-) -> Result<client::Handle<AcceptAnyHostKey>, Attempt> {
+) -> Result<(client::Handle<HostKeyCheck>, PublicKey), Attempt> {
     let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| Attempt::Retry(format!("tcp connect: {e}")))?;
@@ -164,9 +185,17 @@ async fn try_connect(
             )));
         }
     }
-    let mut handle = client::connect_stream(config, stream, AcceptAnyHostKey)
-        .await
-        .map_err(|e| Attempt::Retry(format!("ssh handshake: {e}")))?;
+    let presented = PresentedKey::default();
+    let handler = HostKeyCheck::new(policy, presented.clone());
+    let handshake = client::connect_stream(config, stream, handler).await;
+    let presented = presented.take();
+    let mut handle = handshake.map_err(|e| handshake_failure(target, policy, &presented, e))?;
+    // Checked before authenticating, so that nothing is sent to a server that is not the guest.
+    let Some(host_key) = presented else {
+        return Err(Attempt::Fatal(SshError::HostKeyMissing {
+            target: target.to_string(),
+        }));
+    };
     let auth = handle
         .authenticate_publickey(
             target.user.clone(),
@@ -175,7 +204,7 @@ async fn try_connect(
         .await
         .map_err(|e| Attempt::Retry(format!("ssh authentication: {e}")))?;
     match auth {
-        client::AuthResult::Success => Ok(handle),
+        client::AuthResult::Success => Ok((handle, host_key)),
         client::AuthResult::Failure {
             remaining_methods, ..
         } if !remaining_methods.is_empty()
@@ -195,7 +224,44 @@ async fn try_connect(
     }
 }
 
-fn client_config() -> client::Config {
+/// Classifies a failed handshake: a host key the policy rejected, or a server that has no key
+/// of the pinned type, is fatal; anything else may be a guest still starting up.
+fn handshake_failure(
+    target: &Target,
+    policy: &HostKeyPolicy,
+    presented: &Option<PublicKey>,
+    error: russh::Error,
+) -> Attempt {
+    let Some(pinned) = policy.pinned_key() else {
+        return Attempt::Retry(format!("ssh handshake: {error}"));
+    };
+    match (presented, error) {
+        // The handler refused this key; russh reports that only as "unknown server key".
+        (Some(presented), _) if presented != pinned => Attempt::Fatal(SshError::HostKeyMismatch {
+            target: target.to_string(),
+            expected: pinned.fingerprint(),
+            expected_algorithm: pinned.algorithm(),
+            presented: presented.fingerprint(),
+            presented_algorithm: presented.algorithm(),
+        }),
+        (
+            None,
+            russh::Error::NoCommonAlgo {
+                kind: AlgorithmKind::Key,
+                theirs,
+                ..
+            },
+        ) => Attempt::Fatal(SshError::HostKeyAlgorithmUnavailable {
+            target: target.to_string(),
+            expected: pinned.fingerprint(),
+            expected_algorithm: pinned.algorithm(),
+            offered: theirs,
+        }),
+        (_, error) => Attempt::Retry(format!("ssh handshake: {error}")),
+    }
+}
+
+fn client_config(host_key: &HostKeyPolicy) -> client::Config {
     client::Config {
         // A long silent command (a package upgrade) is normal; a dead guest is detected by
         // unanswered keepalives instead.
@@ -203,22 +269,14 @@ fn client_config() -> client::Config {
         keepalive_interval: Some(Duration::from_secs(15)),
         keepalive_max: 8,
         nodelay: true,
+        preferred: russh::Preferred {
+            // A server with several host keys presents the first type we list that it has;
+            // listing only the pinned type makes it present the key it was given, not one it
+            // generated itself.
+            key: host_key.host_key_algorithms(),
+            ..russh::Preferred::default()
+        },
         ..client::Config::default()
-    }
-}
-
-/// See [`connect`] for why any host key is accepted.
-#[derive(Debug)]
-pub(crate) struct AcceptAnyHostKey;
-
-impl client::Handler for AcceptAnyHostKey {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _server_public_key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
     }
 }
 
@@ -242,9 +300,34 @@ mod tests {
     }
 
     #[test]
-    fn default_options() {
-        let o = ConnectOptions::default();
+    fn new_options_wait_five_minutes() {
+        let o = ConnectOptions::new(HostKeyPolicy::AcceptNew);
+        assert_eq!(o.host_key, HostKeyPolicy::AcceptNew);
         assert_eq!(o.timeout, Duration::from_secs(300));
         assert_eq!(o.retry_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn pinning_restricts_the_host_key_algorithms_and_accept_new_keeps_them() {
+        let pinned = HostKeyPolicy::pinned(&KeyPair::generate_host_key().unwrap());
+        let names = |policy: &HostKeyPolicy| -> Vec<String> {
+            client_config(policy)
+                .preferred
+                .key
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(names(&pinned), ["ssh-ed25519"]);
+        let defaults: Vec<String> = russh::Preferred::default()
+            .key
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names(&HostKeyPolicy::AcceptNew), defaults);
+        // Everything else keeps russh's defaults.
+        let config = client_config(&pinned);
+        assert_eq!(config.preferred.kex, russh::Preferred::default().kex);
+        assert_eq!(config.preferred.cipher, russh::Preferred::default().cipher);
     }
 }

@@ -76,6 +76,51 @@ pub enum SshError {
         last_error: String,
     },
 
+    /// The server presented a host key other than the pinned one: the guest did not install
+    /// the host key it was given, or a different machine answered. Not retried.
+    #[error(
+        "verify the host key of {target}: it presented {presented} ({presented_algorithm}), \
+         not the pinned {expected} ({expected_algorithm}); either the guest ignored the host \
+         key kiln gave it or another machine answered (for an image that ignores it, set \
+         ssh.host_key = \"accept-new\")"
+    )]
+    HostKeyMismatch {
+        target: String,
+        /// SHA-256 fingerprint of the pinned key (`SHA256:…`).
+        expected: String,
+        expected_algorithm: String,
+        /// SHA-256 fingerprint of the key the server presented.
+        presented: String,
+        presented_algorithm: String,
+    },
+
+    /// The server has no host key of the pinned key's type, so it cannot present the pinned
+    /// key. Not retried.
+    #[error(
+        "verify the host key of {target}: it offers no {expected_algorithm} host key (only \
+         {}), so it cannot present the pinned {expected}; either the guest ignored the host \
+         key kiln gave it or another machine answered (for an image that ignores it, set \
+         ssh.host_key = \"accept-new\")",
+        .offered.join(", ")
+    )]
+    HostKeyAlgorithmUnavailable {
+        target: String,
+        /// SHA-256 fingerprint of the pinned key.
+        expected: String,
+        expected_algorithm: String,
+        /// The host key algorithms the server offered.
+        offered: Vec<String>,
+    },
+
+    /// The handshake completed without the server presenting a host key to check (russh's
+    /// non-standard "none" key exchange, which kiln never asks for). Not retried.
+    #[error("verify the host key of {target}: the server presented none")]
+    HostKeyMissing { target: String },
+
+    /// The text is not an OpenSSH public key line.
+    #[error("parse an openssh public key line: {reason}")]
+    PublicKeyInvalid { reason: String },
+
     /// The server does not offer public key authentication at all, so retrying cannot help.
     #[error("authenticate as {user} on {target}: {message}")]
     Auth {

@@ -1,9 +1,11 @@
-//! The per-build ed25519 key pair.
+//! The per-build ed25519 key pairs: the client key kiln logs in with, and the host key it
+//! gives the guest.
 //!
-//! Owns generating the key, rendering its public half for `authorized_keys`, and storing the
-//! private half as an OpenSSH PEM file. It must never let the private key reach a log, an
-//! error message or a `Debug` rendering: the only text about the key that leaves this module
-//! is the public key and its fingerprint.
+//! Owns generating a key, rendering its public half for `authorized_keys` or for pinning, and
+//! rendering the private half as OpenSSH PEM, to a file or (for a host key going into
+//! cloud-init user-data) to memory. It must never let the private key reach a log, an error
+//! message or a `Debug` rendering: the only text about the key that leaves this module on its
+//! own is the public key and its fingerprint; the PEM leaves only when a caller asks for it.
 
 use std::fmt;
 use std::fs;
@@ -17,9 +19,14 @@ use russh::keys::ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
 use zeroize::Zeroizing;
 
 use crate::error::SshError;
+use crate::host_key::PublicKey;
 
-/// The comment the public key carries, so that a guest's `authorized_keys` says who put it there.
+/// The comment the client key carries, so that a guest's `authorized_keys` says who put it there.
 const KEY_COMMENT: &str = "kiln";
+
+/// The comment the host key carries, so that a guest's `/etc/ssh/ssh_host_ed25519_key.pub`
+/// says who made it.
+const HOST_KEY_COMMENT: &str = "kiln-host";
 
 /// An ed25519 key pair. Cloning is cheap and shares the key.
 #[derive(Clone)]
@@ -28,18 +35,31 @@ pub struct KeyPair {
 }
 
 impl KeyPair {
-    /// Generates a fresh key pair from the operating system's random source.
+    /// Generates a fresh client key pair from the operating system's random source. Its
+    /// public half reads `ssh-ed25519 AAAA… kiln`.
     pub fn generate() -> Result<KeyPair, SshError> {
+        KeyPair::generate_with_comment(KEY_COMMENT)
+    }
+
+    /// Generates a fresh host key pair for a guest, to hand it through cloud-init
+    /// (`ssh_keys: {ed25519_private: …, ed25519_public: …}`) and pin with
+    /// [`crate::HostKeyPolicy::pinned`]. Its public half reads `ssh-ed25519 AAAA… kiln-host`.
+    pub fn generate_host_key() -> Result<KeyPair, SshError> {
+        KeyPair::generate_with_comment(HOST_KEY_COMMENT)
+    }
+
+    fn generate_with_comment(comment: &str) -> Result<KeyPair, SshError> {
         let mut seed = Zeroizing::new([0u8; 32]);
         getrandom::fill(seed.as_mut()).map_err(|e| SshError::KeyGenerate {
             source: Box::new(e),
         })?;
         let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-        key.set_comment(KEY_COMMENT);
+        key.set_comment(comment);
         Ok(KeyPair { key: Arc::new(key) })
     }
 
-    /// The public key as one `authorized_keys` line: `ssh-ed25519 AAAA… kiln`.
+    /// The public key as one `authorized_keys` line: `ssh-ed25519 AAAA… kiln` (or
+    /// `… kiln-host` for a host key).
     pub fn public_openssh(&self) -> String {
         self.key
             .public_key()
@@ -52,16 +72,27 @@ impl KeyPair {
         self.key.fingerprint(HashAlg::Sha256).to_string()
     }
 
+    /// The public key, as [`crate::HostKeyPolicy::Pinned`] takes it.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey::from(self.key.public_key().clone())
+    }
+
+    /// The private key as OpenSSH PEM text (`-----BEGIN OPENSSH PRIVATE KEY-----`, LF line
+    /// endings), unencrypted, for embedding a host key in cloud-init user-data. The text is
+    /// wiped from memory when dropped; do not log it or put it in an error.
+    pub fn private_openssh(&self) -> Result<Zeroizing<String>, SshError> {
+        self.key
+            .to_openssh(LineEnding::LF)
+            .map_err(|e| SshError::KeyEncode {
+                source: Box::new(e),
+            })
+    }
+
     /// Writes the private key as an OpenSSH PEM file with mode 0600.
     ///
     /// The file is created exclusively: an existing file is an error, never overwritten.
     pub fn write_private_openssh(&self, path: &Path) -> Result<(), SshError> {
-        let pem = self
-            .key
-            .to_openssh(LineEnding::LF)
-            .map_err(|e| SshError::KeyEncode {
-                source: Box::new(e),
-            })?;
+        let pem = self.private_openssh()?;
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -167,6 +198,38 @@ mod tests {
     }
 
     #[test]
+    fn host_key_reads_kiln_host_and_its_pem_round_trips() {
+        let key = KeyPair::generate_host_key().unwrap();
+        let line = key.public_openssh();
+        assert!(line.starts_with("ssh-ed25519 AAAA"), "{line}");
+        assert!(line.ends_with(" kiln-host"), "{line}");
+        assert_eq!(key.public_key().to_openssh(), line);
+        assert_eq!(key.public_key().fingerprint(), key.fingerprint());
+
+        let pem = key.private_openssh().unwrap();
+        assert!(
+            pem.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"),
+            "not openssh pem"
+        );
+        assert!(
+            pem.ends_with("-----END OPENSSH PRIVATE KEY-----\n"),
+            "not openssh pem"
+        );
+        assert!(!pem.contains('\r'));
+
+        // The in-memory text is what the file would hold, and reads back as the same key.
+        let dir = tempfile::tempdir().unwrap();
+        let written = dir.path().join("written");
+        key.write_private_openssh(&written).unwrap();
+        assert!(fs::read_to_string(&written).unwrap() == *pem);
+        let copied = dir.path().join("copied");
+        fs::write(&copied, pem.as_bytes()).unwrap();
+        let back = KeyPair::read_private_openssh(&copied).unwrap();
+        assert_eq!(back.public_openssh(), line);
+        assert_eq!(back.public_key(), key.public_key());
+    }
+
+    #[test]
     fn write_refuses_an_existing_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("id_ed25519");
@@ -198,13 +261,14 @@ mod tests {
 
     #[test]
     fn debug_shows_the_fingerprint_and_no_key_material() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("id_ed25519");
-        let key = KeyPair::generate().unwrap();
-        key.write_private_openssh(&path).unwrap();
-        let pem = fs::read_to_string(&path).unwrap();
+        let key = KeyPair::generate_host_key().unwrap();
+        let pem = key.private_openssh().unwrap();
 
-        let debug = format!("{key:?} {key:#?}");
+        let debug = format!(
+            "{key:?} {key:#?} {:?} {:?}",
+            key.public_key(),
+            crate::HostKeyPolicy::pinned(&key)
+        );
         assert!(debug.contains(&key.fingerprint()), "{debug}");
         assert!(!debug.contains("PRIVATE"), "{debug}");
         for line in pem.lines().filter(|l| !l.starts_with("-----")) {

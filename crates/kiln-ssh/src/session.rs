@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::connect::{AcceptAnyHostKey, Target};
+use crate::connect::Target;
 use crate::error::SshError;
+use crate::host_key::{HostKeyCheck, PublicKey};
 
 /// Which output stream of a command a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,14 +29,16 @@ pub enum OutputStream {
 
 /// An authenticated SSH connection to a guest. Create one with [`crate::connect`].
 pub struct Session {
-    handle: client::Handle<AcceptAnyHostKey>,
+    handle: client::Handle<HostKeyCheck>,
     target: Target,
+    host_key: PublicKey,
 }
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("target", &self.target)
+            .field("host_key", &self.host_key)
             .finish_non_exhaustive()
     }
 }
@@ -66,13 +69,32 @@ impl OutputSink for CallbackSink<'_> {
 }
 
 impl Session {
-    pub(crate) fn new(handle: client::Handle<AcceptAnyHostKey>, target: Target) -> Self {
-        Session { handle, target }
+    pub(crate) fn new(
+        handle: client::Handle<HostKeyCheck>,
+        target: Target,
+        host_key: PublicKey,
+    ) -> Self {
+        Session {
+            handle,
+            target,
+            host_key,
+        }
     }
 
     /// The guest this session is connected to.
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// The host key the server presented and the connect accepted: the pinned key, or under
+    /// [`crate::HostKeyPolicy::AcceptNew`] whatever the guest had.
+    pub fn host_key(&self) -> &PublicKey {
+        &self.host_key
+    }
+
+    /// The SHA-256 fingerprint of [`Session::host_key`] (`SHA256:…`), for manifests and logs.
+    pub fn host_key_fingerprint(&self) -> String {
+        self.host_key.fingerprint()
     }
 
     /// Runs a command line on the guest (as exec does: the user's shell runs it) and streams

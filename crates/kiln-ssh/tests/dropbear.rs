@@ -1,5 +1,7 @@
 //! kiln-ssh against a real dropbear server on 127.0.0.1 (see `support` for how it is run).
 //!
+//! Every connect pins the server's real host key unless the test says otherwise.
+//!
 //! Transfer tests run twice: with the host's userland (GNU tar), standing in for cloud
 //! images, and with busybox only, standing in for kiln's small guest.
 
@@ -12,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_ssh::{ConnectOptions, KeyPair, OutputStream, Session, SshError, TransferDirection};
+use kiln_ssh::{
+    ConnectOptions, HostKeyPolicy, KeyPair, OutputStream, Session, SshError, TransferDirection,
+};
 use support::{Flavour, Peer};
 
 /// Output collected from one exec, in arrival order.
@@ -54,6 +58,7 @@ async fn connect_retries_until_the_server_appears() {
     };
     peer.authorize(&key);
     let target = peer.target();
+    let pinned = HostKeyPolicy::Pinned(peer.host_key.public.clone());
     let started = Instant::now();
     let connecting = tokio::spawn({
         let key = key.clone();
@@ -61,6 +66,7 @@ async fn connect_retries_until_the_server_appears() {
             let opts = ConnectOptions {
                 timeout: Duration::from_secs(20),
                 retry_interval: Duration::from_millis(100),
+                ..ConnectOptions::new(pinned)
             };
             kiln_ssh::connect(&target, &key, &opts).await
         }
@@ -90,12 +96,14 @@ async fn connect_retries_until_the_key_is_authorized() {
     };
     peer.start().expect("dropbear starts");
     let target = peer.target();
+    let pinned = HostKeyPolicy::Pinned(peer.host_key.public.clone());
     let connecting = tokio::spawn({
         let key = key.clone();
         async move {
             let opts = ConnectOptions {
                 timeout: Duration::from_secs(20),
                 retry_interval: Duration::from_millis(100),
+                ..ConnectOptions::new(pinned)
             };
             kiln_ssh::connect(&target, &key, &opts).await
         }
@@ -111,6 +119,7 @@ async fn connect_retries_until_the_key_is_authorized() {
 }
 
 /// Connect as `kiln` to a local port with a fresh key, expecting failure within `timeout`.
+/// A host key is pinned, to show that only a wrong host key makes a failure final.
 async fn connect_error(port: u16, timeout: Duration) -> SshError {
     let key = KeyPair::generate().unwrap();
     let target = kiln_ssh::Target {
@@ -121,6 +130,9 @@ async fn connect_error(port: u16, timeout: Duration) -> SshError {
     let opts = ConnectOptions {
         timeout,
         retry_interval: Duration::from_millis(100),
+        ..ConnectOptions::new(HostKeyPolicy::pinned(
+            &KeyPair::generate_host_key().unwrap(),
+        ))
     };
     kiln_ssh::connect(&target, &key, &opts).await.unwrap_err()
 }
@@ -175,6 +187,171 @@ async fn connect_reconnects_when_no_banner_comes() {
     assert!(
         accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "a silent connection is given up and a new one made"
+    );
+}
+
+#[tokio::test]
+async fn connect_pinned_to_the_servers_host_key_reports_its_fingerprint() {
+    let key = KeyPair::generate().unwrap();
+    let Some(peer) = Peer::start_with_key(Flavour::Host, &key) else {
+        return;
+    };
+    let session = peer.connect(&key).await;
+    assert_eq!(session.host_key_fingerprint(), peer.host_key.fingerprint);
+    assert_eq!(session.host_key(), &peer.host_key.public);
+    assert_eq!(session.host_key().algorithm(), "ssh-ed25519");
+    let (status, _) = run(&session, "true", None).await;
+    assert_eq!(status, 0);
+    session.close().await.unwrap();
+}
+
+/// The time within which a connect that must not retry has to fail; far below the connect
+/// timeout of the tests that use it, far above a handshake on a loaded machine.
+const FAILS_AT_ONCE: Duration = Duration::from_secs(30);
+
+/// Connects with `host_key` and a timeout that only a retrying connect would reach.
+async fn connect_expecting_a_fatal_error(
+    peer: &Peer,
+    key: &KeyPair,
+    host_key: HostKeyPolicy,
+) -> SshError {
+    let opts = ConnectOptions {
+        timeout: Duration::from_secs(60),
+        retry_interval: Duration::from_millis(100),
+        ..ConnectOptions::new(host_key)
+    };
+    let started = Instant::now();
+    let err = kiln_ssh::connect(&peer.target(), key, &opts)
+        .await
+        .expect_err("connected despite the host key policy");
+    assert!(
+        started.elapsed() < FAILS_AT_ONCE,
+        "took {:?}, so it was retried: {err}",
+        started.elapsed()
+    );
+    err
+}
+
+#[tokio::test]
+async fn connect_fails_at_once_when_the_host_key_is_not_the_pinned_one() {
+    let key = KeyPair::generate().unwrap();
+    let Some(peer) = Peer::start_with_key(Flavour::Host, &key) else {
+        return;
+    };
+    let pinned = KeyPair::generate_host_key().unwrap();
+    let err = connect_expecting_a_fatal_error(&peer, &key, HostKeyPolicy::pinned(&pinned)).await;
+    let target = peer.target().to_string();
+    match &err {
+        SshError::HostKeyMismatch {
+            target: t,
+            expected,
+            expected_algorithm,
+            presented,
+            presented_algorithm,
+        } => {
+            assert_eq!(t, &target);
+            assert_eq!(expected, &pinned.fingerprint());
+            assert_eq!(expected_algorithm, "ssh-ed25519");
+            assert_eq!(presented, &peer.host_key.fingerprint);
+            assert_eq!(presented_algorithm, "ssh-ed25519");
+        }
+        other => panic!("expected a host key mismatch, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "verify the host key of {target}: it presented {} (ssh-ed25519), not the pinned \
+             {} (ssh-ed25519); either the guest ignored the host key kiln gave it or another \
+             machine answered (for an image that ignores it, set ssh.host_key = \"accept-new\")",
+            peer.host_key.fingerprint,
+            pinned.fingerprint()
+        )
+    );
+    // The client gave up before authenticating: the wrong server never saw the client key.
+    let log = peer.log();
+    assert!(!log.contains("auth succeeded"), "{log}");
+}
+
+#[tokio::test]
+async fn connect_accepting_a_new_host_key_records_it() {
+    let key = KeyPair::generate().unwrap();
+    let Some(peer) = Peer::start_with_key(Flavour::Host, &key) else {
+        return;
+    };
+    let session = peer.connect_with(&key, HostKeyPolicy::AcceptNew).await;
+    assert_eq!(session.host_key_fingerprint(), peer.host_key.fingerprint);
+    assert_eq!(session.host_key(), &peer.host_key.public);
+    session.close().await.unwrap();
+}
+
+/// A guest with several host keys (its own and the one kiln gave it) presents the pinned
+/// one, because the client asks only for that type.
+#[tokio::test]
+async fn pinning_makes_a_server_with_several_host_keys_present_the_pinned_one() {
+    let key = KeyPair::generate().unwrap();
+    let Some(mut peer) = Peer::prepare(Flavour::Host) else {
+        return;
+    };
+    let ecdsa = peer.add_host_key("ecdsa");
+    peer.authorize(&key);
+    peer.start().expect("dropbear starts");
+
+    let session = peer
+        .connect_with(&key, HostKeyPolicy::Pinned(ecdsa.public.clone()))
+        .await;
+    assert_eq!(session.host_key_fingerprint(), ecdsa.fingerprint);
+    assert_eq!(session.host_key().algorithm(), "ecdsa-sha2-nistp256");
+    session.close().await.unwrap();
+
+    // Unrestricted, the client prefers ed25519: the restriction is what chose the key above.
+    let session = peer.connect_with(&key, HostKeyPolicy::AcceptNew).await;
+    assert_eq!(session.host_key_fingerprint(), peer.host_key.fingerprint);
+    session.close().await.unwrap();
+    let session = peer.connect(&key).await;
+    assert_eq!(session.host_key_fingerprint(), peer.host_key.fingerprint);
+    session.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn connect_fails_at_once_when_the_server_has_no_host_key_of_the_pinned_type() {
+    let key = KeyPair::generate().unwrap();
+    let Some(peer) = Peer::start_with_key(Flavour::Host, &key) else {
+        return;
+    };
+    let ecdsa = peer.make_host_key("ecdsa", "unused_ecdsa_key");
+    let err =
+        connect_expecting_a_fatal_error(&peer, &key, HostKeyPolicy::Pinned(ecdsa.public.clone()))
+            .await;
+    let target = peer.target().to_string();
+    let offered = match &err {
+        SshError::HostKeyAlgorithmUnavailable {
+            target: t,
+            expected,
+            expected_algorithm,
+            offered,
+        } => {
+            assert_eq!(t, &target);
+            assert_eq!(expected, &ecdsa.fingerprint);
+            assert_eq!(expected_algorithm, "ecdsa-sha2-nistp256");
+            // Not the exact list: dropbear 2022.83 also offers RSA when it has no RSA key.
+            assert!(offered.iter().any(|a| a == "ssh-ed25519"), "{offered:?}");
+            assert!(
+                !offered.iter().any(|a| a.starts_with("ecdsa-")),
+                "{offered:?}"
+            );
+            offered.join(", ")
+        }
+        other => panic!("expected a missing host key algorithm, got {other:?}"),
+    };
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "verify the host key of {target}: it offers no ecdsa-sha2-nistp256 host key (only \
+             {offered}), so it cannot present the pinned {}; either the guest ignored the host \
+             key kiln gave it or another machine answered (for an image that ignores it, set \
+             ssh.host_key = \"accept-new\")",
+            ecdsa.fingerprint
+        )
     );
 }
 

@@ -67,10 +67,22 @@ pub fn sha256_path_cached(path: &Path, cache_file: &Path) -> std::io::Result<Str
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    sha256_file_until(path, &|| false)
+}
+
+/// [`sha256_file`] that stops with `ErrorKind::Interrupted` as soon as `stop()` says so
+/// (checked every MiB), for hashing that a cancelled run must not wait for.
+pub fn sha256_file_until(path: &Path, stop: &dyn Fn() -> bool) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
+        if stop() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "stopped: the run was cancelled",
+            ));
+        }
         let n = file.read(&mut buf)?;
         if n == 0 {
             break;

@@ -6,10 +6,13 @@
 //! are still alive are never touched. Resources kept on purpose (`--on-error=abort`) are
 //! removed by an explicit `kiln gc` but not by the automatic reaping at the start of a build.
 
+use std::time::Duration;
+
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, EventSink};
-use crate::journal::{Entry, JournalError, RunId, StateDir};
+use crate::journal::{Entry, JOURNAL_SCHEMA, JournalError, ReaperLock, RunId, StateDir};
 use crate::provider::Registry;
 use crate::runner::error_chain;
 
@@ -35,6 +38,10 @@ pub struct GcReport {
     pub resources: Vec<Reaped>,
     /// Runs still in progress, left alone.
     pub live_runs: Vec<RunId>,
+    /// Damaged journal lines (skipped) and journals left alone, for people to look at.
+    pub warnings: Vec<String>,
+    /// A SIGINT/SIGTERM stopped the reaping between two removals.
+    pub interrupted: bool,
 }
 
 impl GcReport {
@@ -46,16 +53,78 @@ impl GcReport {
     }
 }
 
+/// Wait until this process is the only reaper of `state` (another `kiln gc`, or a build
+/// reaping before it starts, may hold the lock). `None` when interrupted while waiting.
+async fn reaper_lock(
+    state: &StateDir,
+    events: &dyn EventSink,
+    cancel: &CancellationToken,
+) -> Result<Option<Option<ReaperLock>>, JournalError> {
+    let mut said = false;
+    loop {
+        if let Some(lock) = state.try_lock_reaper()? {
+            return Ok(Some(lock));
+        }
+        if !said {
+            events.emit(Event::Note {
+                image: None,
+                message: "waiting for another kiln that is removing leftovers here".into(),
+            });
+            said = true;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(None),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Remove what dead runs left. One reaper at a time per state directory; a cancelled gc
+/// finishes the removal in progress, records it, and stops.
 pub async fn gc(
     state: &StateDir,
     registry: &Registry,
     opts: GcOptions,
     events: &dyn EventSink,
+    cancel: &CancellationToken,
 ) -> Result<GcReport, JournalError> {
     let mut report = GcReport::default();
+    // Held until the end of this function; a dry run changes nothing and needs no lock.
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        match reaper_lock(state, events, cancel).await? {
+            Some(lock) => lock,
+            None => {
+                report.interrupted = true;
+                return Ok(report);
+            }
+        }
+    };
     for run in state.runs()? {
         if run.alive {
             report.live_runs.push(run.run_id.clone());
+            continue;
+        }
+        for damage in &run.damaged {
+            let warning = format!("skipped a damaged journal line: {damage}");
+            events.emit(Event::Note {
+                image: None,
+                message: warning.clone(),
+            });
+            report.warnings.push(warning);
+        }
+        if let Some(schema) = run.newer_schema {
+            let warning = format!(
+                "run {} was journaled by a newer kiln (journal schema {schema}; this kiln \
+                 understands {JOURNAL_SCHEMA}): left alone, run `kiln gc` with that version",
+                run.run_id
+            );
+            events.emit(Event::Note {
+                image: None,
+                message: warning.clone(),
+            });
+            report.warnings.push(warning);
             continue;
         }
         let mut left = 0;
@@ -66,6 +135,10 @@ pub async fn gc(
             } else if opts.dry_run {
                 left += 1;
                 "would remove".to_string()
+            } else if cancel.is_cancelled() {
+                left += 1;
+                report.interrupted = true;
+                "interrupted".to_string()
             } else {
                 match registry.get(&entry.resource.provider) {
                     None => {
@@ -75,6 +148,8 @@ pub async fn gc(
                             entry.resource.provider
                         )
                     }
+                    // Not raced against `cancel`: a removal stopped half way (a QEMU sent
+                    // SIGTERM but not yet gone) would be recorded as neither done nor not.
                     Some(provider) => match provider.destroy(&entry.resource).await {
                         Ok(()) => {
                             state.mark_removed(&run.run_id, entry.rid)?;
@@ -100,7 +175,21 @@ pub async fn gc(
             });
         }
         if left == 0 && !opts.dry_run {
-            state.forget(&run.run_id)?;
+            if run.damaged_beyond_tail {
+                let warning = format!(
+                    "kept the journal of run {} for inspection: a damaged line may have named \
+                     a resource; delete {} once you are sure nothing of it is left",
+                    run.run_id,
+                    state.journal_path(&run.run_id).display()
+                );
+                events.emit(Event::Note {
+                    image: None,
+                    message: warning.clone(),
+                });
+                report.warnings.push(warning);
+            } else {
+                state.forget(&run.run_id)?;
+            }
         }
     }
     Ok(report)
@@ -112,8 +201,9 @@ pub async fn reap_stale(
     state: &StateDir,
     registry: &Registry,
     events: &dyn EventSink,
+    cancel: &CancellationToken,
 ) -> Result<(), JournalError> {
-    let report = gc(state, registry, GcOptions::default(), events).await?;
+    let report = gc(state, registry, GcOptions::default(), events, cancel).await?;
     let removed = report
         .resources
         .iter()
@@ -166,12 +256,30 @@ pub struct StatusEntry {
     pub exists: Option<bool>,
 }
 
-pub async fn status(
-    state: &StateDir,
-    registry: &Registry,
-) -> Result<Vec<StatusEntry>, JournalError> {
+/// What `kiln status` shows: every live resource, and what could not be read.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusReport {
+    pub resources: Vec<StatusEntry>,
+    /// Damaged journal lines and journals of a newer kiln.
+    pub warnings: Vec<String>,
+}
+
+pub async fn status(state: &StateDir, registry: &Registry) -> Result<StatusReport, JournalError> {
     let mut out = Vec::new();
+    let mut warnings = Vec::new();
     for run in state.runs()? {
+        warnings.extend(
+            run.damaged
+                .iter()
+                .map(|d| format!("skipped a damaged journal line: {d}")),
+        );
+        if let Some(schema) = run.newer_schema {
+            warnings.push(format!(
+                "run {} was journaled by a newer kiln (journal schema {schema}; this kiln \
+                 understands {JOURNAL_SCHEMA}); what it lists may be incomplete",
+                run.run_id
+            ));
+        }
         for entry in &run.live {
             let exists = match registry.get(&entry.resource.provider) {
                 Some(p) => p.exists(&entry.resource).await.ok(),
@@ -192,5 +300,8 @@ pub async fn status(
             });
         }
     }
-    Ok(out)
+    Ok(StatusReport {
+        resources: out,
+        warnings,
+    })
 }

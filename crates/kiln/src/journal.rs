@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -26,13 +26,6 @@ pub enum JournalError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
-    },
-    #[error("parse journal {path} line {line}")]
-    Corrupt {
-        path: PathBuf,
-        line: usize,
-        #[source]
-        source: serde_json::Error,
     },
 }
 
@@ -98,6 +91,10 @@ pub struct Resource {
 pub enum Record {
     /// First line of every journal.
     Run {
+        /// The journal format ([`JOURNAL_SCHEMA`]); absent in journals of kiln 0.1.0's first
+        /// builds, which wrote schema 1.
+        #[serde(default = "schema_one")]
+        schema: u32,
         run_id: RunId,
         pid: u32,
         command: String,
@@ -122,6 +119,14 @@ pub enum Record {
     Keep { rid: u64 },
     /// The run finished; `status` is `succeeded`, `failed` or `interrupted`.
     End { status: String, at: Timestamp },
+}
+
+/// The journal format this kiln writes and understands. A journal of a newer schema is
+/// listed but never reaped: this kiln cannot know what its records mean.
+pub const JOURNAL_SCHEMA: u32 = 1;
+
+fn schema_one() -> u32 {
+    1
 }
 
 /// The `.kiln/` state directory of a project.
@@ -162,6 +167,29 @@ impl StateDir {
         self.runs_dir().join(format!("{run}.lock"))
     }
 
+    /// Try to become the one reaper of this state directory (`kiln gc`, or a build reaping
+    /// before it starts). `Ok(None)`: another reaper holds it. `Ok(Some(None))`: there is no
+    /// state directory, so nothing to reap and nothing to lock.
+    pub fn try_lock_reaper(&self) -> Result<Option<Option<ReaperLock>>, JournalError> {
+        if !self.root.is_dir() {
+            return Ok(Some(None));
+        }
+        let dir = self.runs_dir();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join("gc.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Some(ReaperLock { _file: file }))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+        }
+    }
+
     /// Start a run: take its lock and write the journal's first record.
     pub fn begin_run(&self, command: &str) -> Result<Journal, JournalError> {
         for dir in [self.journal_dir(), self.runs_dir()] {
@@ -194,6 +222,7 @@ impl StateDir {
             lock,
         };
         journal.append(&Record::Run {
+            schema: JOURNAL_SCHEMA,
             run_id,
             pid: std::process::id(),
             command: command.to_string(),
@@ -250,15 +279,19 @@ impl StateDir {
     pub fn mark_removed(&self, run: &RunId, rid: u64) -> Result<(), JournalError> {
         let path = self.journal_path(run);
         let mut file = OpenOptions::new()
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        let line = serde_json::to_string(&Record::Remove {
+        let mut line = record_line(&Record::Remove {
             rid,
             at: Timestamp::now(),
-        })
-        .expect("records serialise");
-        writeln!(file, "{line}").map_err(io_err(&path))?;
+        });
+        // After a torn last line, start a new line: glued to it, this record would be lost.
+        if !ends_with_newline(&mut file).map_err(io_err(&path))? {
+            line.insert(0, '\n');
+        }
+        file.write_all(line.as_bytes()).map_err(io_err(&path))?;
         file.sync_data().map_err(io_err(&path))
     }
 
@@ -279,6 +312,12 @@ impl StateDir {
         }
         Ok(())
     }
+}
+
+/// Held by the one process reaping a state directory; released on drop.
+#[derive(Debug)]
+pub struct ReaperLock {
+    _file: File,
 }
 
 /// A resource as the journal knows it.
@@ -304,11 +343,21 @@ pub struct RunState {
     pub alive: bool,
     /// Resources created and not removed, in creation order.
     pub live: Vec<Entry>,
+    /// Lines that could not be read, each as `file line N: why`. They are skipped; the rest
+    /// of the journal still counts.
+    pub damaged: Vec<String>,
+    /// Whether the damage is more than torn records. A torn record is one whose write never
+    /// finished, so what it was about to announce was never created; anything else may have
+    /// named a live resource, so such a journal is kept for people to look at even when
+    /// everything it still names is gone.
+    pub damaged_beyond_tail: bool,
+    /// `Some(schema)` when a newer kiln wrote this journal: it is listed, never reaped.
+    pub newer_schema: Option<u32>,
 }
 
 impl RunState {
     fn read(run_id: RunId, path: &Path, alive: bool) -> Result<RunState, JournalError> {
-        let file = File::open(path).map_err(io_err(path))?;
+        let bytes = fs::read(path).map_err(io_err(path))?;
         let mut state = RunState {
             run_id,
             command: None,
@@ -317,33 +366,52 @@ impl RunState {
             status: None,
             alive,
             live: Vec::new(),
+            damaged: Vec::new(),
+            damaged_beyond_tail: false,
+            newer_schema: None,
         };
         let mut live: BTreeMap<u64, Entry> = BTreeMap::new();
-        let lines: Vec<String> = BufReader::new(file)
-            .lines()
-            .collect::<Result<_, _>>()
-            .map_err(io_err(path))?;
-        let last = lines.len();
+        // Split on the newline byte ourselves: a torn line may also be torn UTF-8.
+        let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        if bytes.ends_with(b"\n") {
+            lines.pop(); // the empty piece after the final newline
+        }
         for (i, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
+            let number = i + 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let record: Record = match serde_json::from_str(line) {
-                Ok(r) => r,
-                // A run killed mid-write leaves a torn last line; everything before it holds.
-                Err(_) if i + 1 == last => break,
-                Err(source) => {
-                    return Err(JournalError::Corrupt {
-                        path: path.to_path_buf(),
-                        line: i + 1,
-                        source,
-                    });
+            let record = match parse_record(line) {
+                Ok(record) => record,
+                Err(damage) => {
+                    state.damaged.push(format!(
+                        "{} line {number}: {}{}",
+                        path.display(),
+                        damage.why,
+                        if damage.torn {
+                            " (a torn record: its write never finished, so what it announced \
+                             was never created)"
+                        } else {
+                            ""
+                        }
+                    ));
+                    if !damage.torn {
+                        state.damaged_beyond_tail = true;
+                    }
+                    continue;
                 }
             };
             match record {
                 Record::Run {
-                    pid, command, at, ..
+                    schema,
+                    pid,
+                    command,
+                    at,
+                    ..
                 } => {
+                    if schema > JOURNAL_SCHEMA {
+                        state.newer_schema = Some(schema);
+                    }
                     state.pid = Some(pid);
                     state.command = Some(command);
                     state.started = Some(at);
@@ -380,6 +448,45 @@ impl RunState {
     }
 }
 
+/// Why a journal line is not a record.
+#[derive(Debug)]
+struct Damage {
+    why: String,
+    /// The line is the beginning of a record whose write never finished (a crash or a full
+    /// disk mid-write). Records are written before what they announce is created, so such a
+    /// record announced nothing that exists; any other damage may hide a live resource.
+    torn: bool,
+}
+
+/// One journal line as a record, or why it is not one.
+fn parse_record(line: &[u8]) -> Result<Record, Damage> {
+    let damage = |why: String, torn: bool| Damage { why, torn };
+    let value: serde_json::Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) if e.is_eof() && line.first() == Some(&b'{') => {
+            return Err(damage(
+                "the line ends in the middle of a record".into(),
+                true,
+            ));
+        }
+        Err(_) => return Err(damage("not a JSON record".into(), false)),
+    };
+    let op = value
+        .get("op")
+        .and_then(|op| op.as_str())
+        .map(str::to_string);
+    serde_json::from_value(value).map_err(|e| match op {
+        Some(op) if !KNOWN_OPS.contains(&op.as_str()) => damage(
+            format!("unknown record kind `{op}` (written by a newer kiln?)"),
+            false,
+        ),
+        Some(op) => damage(format!("malformed `{op}` record: {e}"), false),
+        None => damage("a JSON value without an `op`".into(), false),
+    })
+}
+
+const KNOWN_OPS: &[&str] = &["run", "create", "update", "remove", "keep", "end"];
+
 #[derive(Debug)]
 struct Inner {
     file: File,
@@ -412,11 +519,9 @@ impl Journal {
     }
 
     fn append_locked(inner: &mut Inner, path: &Path, record: &Record) -> Result<(), JournalError> {
-        let line = serde_json::to_string(record).expect("records serialise");
-        // One write per record so a crash tears at most the last line.
         inner
             .file
-            .write_all(format!("{line}\n").as_bytes())
+            .write_all(record_line(record).as_bytes())
             .map_err(io_err(path))?;
         inner.file.sync_data().map_err(io_err(path))
     }
@@ -490,6 +595,25 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+fn ends_with_newline(file: &mut File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
+/// A record as one complete line. Written with a single `write` to an `O_APPEND` file, so a
+/// crash or a full disk tears at most the line being written, never one already there.
+fn record_line(record: &Record) -> String {
+    let mut line = serde_json::to_string(record).expect("records serialise");
+    line.push('\n');
+    line
 }
 
 fn sync_dir(dir: &Path) {
@@ -567,19 +691,135 @@ mod tests {
         assert!(runs[0].live[0].kept);
     }
 
+    /// A journal with one live resource, released (its run reads as dead), and its path.
+    fn dead_run_with_one_resource(state: &StateDir) -> PathBuf {
+        let journal = state.begin_run("build").unwrap();
+        journal.create(res("dir", "/a")).unwrap();
+        let path = journal.path().to_path_buf();
+        drop(journal);
+        path
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        let mut f = OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
     #[test]
-    fn corrupt_middle_line_is_an_error() {
+    fn torn_last_line_is_reported_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let path = dead_run_with_one_resource(&state);
+        append(&path, b"{\"op\":\"create\",\"rid\":2,\"reso");
+        let runs = state.runs().unwrap();
+        assert_eq!(runs[0].live.len(), 1, "the intact create still counts");
+        assert_eq!(
+            runs[0].damaged,
+            vec![format!(
+                "{} line 3: the line ends in the middle of a record (a torn record: its write \
+                 never finished, so what it announced was never created)",
+                path.display()
+            )]
+        );
+        assert!(!runs[0].damaged_beyond_tail);
+        // gc's remove record after a torn line starts a line of its own and counts.
+        state.mark_removed(&runs[0].run_id, 1).unwrap();
+        let runs = state.runs().unwrap();
+        assert!(runs[0].live.is_empty());
+        assert_eq!(runs[0].damaged.len(), 1);
+        assert!(!runs[0].damaged_beyond_tail);
+    }
+
+    #[test]
+    fn garbage_in_the_middle_is_reported_and_the_rest_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let path = dead_run_with_one_resource(&state);
+        // Garbage (with invalid UTF-8), then a record after it that must still count.
+        append(&path, b"\xff\xfegarbage\n{\"op\":\"keep\",\"rid\":1}\n");
+        let runs = state.runs().unwrap();
+        assert_eq!(
+            runs[0].damaged,
+            vec![format!("{} line 3: not a JSON record", path.display())]
+        );
+        assert!(runs[0].damaged_beyond_tail);
+        assert!(
+            runs[0].live[0].kept,
+            "the record after the garbage was read"
+        );
+    }
+
+    #[test]
+    fn unknown_record_kind_is_reported_and_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let path = dead_run_with_one_resource(&state);
+        append(
+            &path,
+            b"{\"op\":\"snapshot\",\"rid\":9}\n{\"op\":\"remove\"}\n",
+        );
+        let runs = state.runs().unwrap();
+        assert_eq!(
+            runs[0].damaged,
+            vec![
+                format!(
+                    "{} line 3: unknown record kind `snapshot` (written by a newer kiln?)",
+                    path.display()
+                ),
+                format!(
+                    "{} line 4: malformed `remove` record: missing field `rid`",
+                    path.display()
+                ),
+            ]
+        );
+        assert_eq!(runs[0].live.len(), 1);
+    }
+
+    #[test]
+    fn newer_schema_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        let path = dead_run_with_one_resource(&state);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("\"schema\":1", "\"schema\":7", 1)).unwrap();
+        let runs = state.runs().unwrap();
+        assert_eq!(runs[0].newer_schema, Some(7));
+        assert!(runs[0].damaged.is_empty());
+    }
+
+    #[test]
+    fn every_record_is_one_complete_line() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
         let journal = state.begin_run("build").unwrap();
-        let path = journal.path().to_path_buf();
+        let rid = journal.create(res("dir", "/a")).unwrap();
         drop(journal);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"garbage\n{\"op\":\"keep\",\"rid\":1}\n")
-            .unwrap();
-        assert!(matches!(
-            state.runs(),
-            Err(JournalError::Corrupt { line: 2, .. })
-        ));
+        let run = state.runs().unwrap().remove(0).run_id;
+        state.mark_removed(&run, rid).unwrap();
+        let text = std::fs::read_to_string(state.journal_path(&run)).unwrap();
+        assert!(text.ends_with('\n'));
+        for line in text.lines() {
+            parse_record(line.as_bytes()).unwrap();
+        }
+        assert!(state.runs().unwrap()[0].live.is_empty());
+    }
+
+    #[test]
+    fn one_reaper_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        assert!(
+            matches!(state.try_lock_reaper(), Ok(Some(None))),
+            "no .kiln yet"
+        );
+        let _journal = state.begin_run("build").unwrap();
+        let first = state.try_lock_reaper().unwrap().unwrap();
+        assert!(first.is_some());
+        assert!(
+            state.try_lock_reaper().unwrap().is_none(),
+            "held by the first"
+        );
+        drop(first);
+        assert!(state.try_lock_reaper().unwrap().unwrap().is_some());
     }
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod digest;
 pub mod events;
 pub mod gc;
+pub mod generalize;
 pub mod journal;
 pub mod manifest;
 pub mod paths;

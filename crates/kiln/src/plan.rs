@@ -28,6 +28,8 @@ pub enum BakeStep {
     Provision(usize),
     /// `test[i]`.
     Test(usize),
+    /// Remove the build's traces from the guest (`generalize`).
+    Generalize,
     /// Run the shutdown command and wait for the machine to stop.
     Shutdown,
     /// Turn the stopped machine into the output image.
@@ -136,20 +138,57 @@ fn digest_input(path: &Path) -> Result<Input, PlanError> {
     })
 }
 
-struct KeyChain(String);
+/// Step keys chain from one step to the next. A definition is hashed with the paths inside the
+/// project written relative to it, so that two checkouts of one project (a laptop, CI) give
+/// the same keys; the content of every input is in the key through its digest anyway.
+struct KeyChain {
+    key: String,
+    root: PathBuf,
+}
 
 impl KeyChain {
     fn next(&mut self, definition: &impl Serialize, inputs: &[&Input]) -> String {
+        let mut definition = serde_json::to_value(definition).expect("model serialises");
+        relative_paths(&mut definition, &self.root);
         let mut h = Sha256::new();
-        h.update(b"kiln-step-v1\0");
-        h.update(self.0.as_bytes());
-        h.update(serde_json::to_vec(definition).expect("model serialises"));
+        h.update(b"kiln-step-v2\0");
+        h.update(self.key.as_bytes());
+        h.update(serde_json::to_vec(&definition).expect("values serialise"));
         for input in inputs {
             h.update(input.sha256.as_bytes());
         }
-        self.0 = hex::encode(h.finalize());
-        self.0.clone()
+        self.key = hex::encode(h.finalize());
+        self.key.clone()
     }
+}
+
+/// Rewrite every string that is a path inside `root` as the path relative to it.
+fn relative_paths(value: &mut serde_json::Value, root: &Path) {
+    match value {
+        serde_json::Value::String(s) => {
+            if let Ok(rel) = Path::new(s.as_str()).strip_prefix(root) {
+                *s = rel.display().to_string();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                relative_paths(item, root);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for item in map.values_mut() {
+                relative_paths(item, root);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A path as people and manifests should see it: relative to the project when inside it.
+pub fn project_relative(root: &Path, path: &Path) -> PathBuf {
+    path.strip_prefix(root)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn plan_image(config: &Config, image: &Image) -> Result<ImagePlan, PlanError> {
@@ -167,7 +206,10 @@ fn plan_image(config: &Config, image: &Image) -> Result<ImagePlan, PlanError> {
     let output = out_dir.join(&image.output.file_name);
     let manifest = out_dir.join("kiln-manifest.json");
 
-    let mut chain = KeyChain(String::new());
+    let mut chain = KeyChain {
+        key: String::new(),
+        root: config.root.clone(),
+    };
     let mut steps = Vec::new();
     let mut push = |step: BakeStep, title: String, cleanup: Option<&str>, key: String| {
         let id = match step {
@@ -176,6 +218,7 @@ fn plan_image(config: &Config, image: &Image) -> Result<ImagePlan, PlanError> {
             BakeStep::Connect => "connect".to_string(),
             BakeStep::Provision(i) => format!("provision/{}", i + 1),
             BakeStep::Test(i) => format!("test/{}", i + 1),
+            BakeStep::Generalize => "generalize".to_string(),
             BakeStep::Shutdown => "shutdown".to_string(),
             BakeStep::Capture => "capture".to_string(),
             BakeStep::Manifest => "manifest".to_string(),
@@ -191,9 +234,14 @@ fn plan_image(config: &Config, image: &Image) -> Result<ImagePlan, PlanError> {
 
     let source_refs: Vec<&Input> = source_inputs.iter().collect();
     let launch_key = chain.next(&image.source, &source_refs);
+    let pinned = image.ssh.host_key == kiln_config::HostKeyCheck::Pinned;
     push(
         BakeStep::Prepare,
-        "scratch directory and a fresh ed25519 key".into(),
+        if pinned {
+            "scratch directory, a fresh ed25519 key and the guest's host key".into()
+        } else {
+            "scratch directory and a fresh ed25519 key".into()
+        },
         Some("remove the scratch directory"),
         launch_key.clone(),
     );
@@ -215,9 +263,14 @@ fn plan_image(config: &Config, image: &Image) -> Result<ImagePlan, PlanError> {
     push(
         BakeStep::Connect,
         format!(
-            "wait for SSH as {} (up to {})",
+            "wait for SSH as {} (up to {}; {})",
             image.ssh.user,
-            humantime::format_duration(image.ssh.timeout)
+            humantime::format_duration(image.ssh.timeout),
+            if pinned {
+                "only the pinned host key"
+            } else {
+                "any host key on first contact"
+            }
         ),
         Some("close the SSH session"),
         launch_key,
@@ -235,10 +288,11 @@ fn plan_image(config: &Config, image: &Image) -> Result<ImagePlan, PlanError> {
             let refs: Vec<&Input> = inputs.iter().collect();
             let key = chain.next(&step.kind, &refs);
             let title = match &step.kind {
+                // The lines as written, not as interpolated: a `{{ token }}` stays a name here.
                 StepKind::Shell(s) => match &s.body {
                     ShellBody::Inline(lines) if step.name == "shell" => format!(
                         "shell: {}{}",
-                        lines.first().map(String::as_str).unwrap_or(""),
+                        s.written.first().map(String::as_str).unwrap_or(""),
                         if lines.len() > 1 {
                             format!(" (+{} more)", lines.len() - 1)
                         } else {
@@ -258,6 +312,15 @@ fn plan_image(config: &Config, image: &Image) -> Result<ImagePlan, PlanError> {
             };
             push(kind, title, None, key);
         }
+    }
+    if image.generalize.enabled {
+        let key = chain.next(&image.generalize, &[]);
+        push(
+            BakeStep::Generalize,
+            crate::generalize::title(&image.generalize),
+            None,
+            key,
+        );
     }
     let key = chain.next(&image.shutdown, &[]);
     push(

@@ -60,6 +60,9 @@ pub async fn run(session: &Session, step: &Step, ctx: &StepContext) -> Result<()
     }
 }
 
+/// The command line of every shell step: the script itself comes on stdin.
+pub const RUN_SCRIPT_FROM_STDIN: &str = r#"sh -c 'eval "$(cat)"'"#;
+
 /// Single-quote a string for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -106,9 +109,11 @@ async fn run_shell(
         }
     };
     let script = shell_script(shell, &lines, &ctx.nonce);
-    // `sh -c` rather than the script on stdin: a command that reads stdin (`cat > f`) would
-    // otherwise swallow the lines after it. stdin is empty and closed.
-    let mut command = format!("sh -c {}", shell_quote(&script));
+    // The script (with its `env` values, which may be secrets) travels on the exec channel's
+    // stdin, never on a command line that every user of the guest can read in `ps`. It is
+    // read whole before it runs (`$(cat)`), so a command in it that reads stdin (`cat > f`)
+    // sees end-of-file instead of swallowing the lines after it.
+    let mut command = String::from(RUN_SCRIPT_FROM_STDIN);
     if shell.sudo {
         command = format!("sudo -n {command}");
     }
@@ -126,7 +131,9 @@ async fn run_shell(
                 emit_line(ctx, stream, line, &marker, &mut failed_line);
             }
         };
-        session.exec(&command, Some(&[]), &mut on_output).await?
+        session
+            .exec(&command, Some(script.as_bytes()), &mut on_output)
+            .await?
     };
     for (splitter, stream) in [(&mut out, Stream::Stdout), (&mut err, Stream::Stderr)] {
         if let Some(line) = splitter.finish() {
@@ -180,6 +187,11 @@ fn emit_line(
     });
 }
 
+/// The longest line kept whole; a guest printing more without a newline (a progress bar
+/// with `\r`, a binary dumped to stdout) gets it split into lines of this size, so memory
+/// stays bounded whatever the guest prints.
+const MAX_LINE: usize = 64 * 1024;
+
 /// Splits a byte stream into lines, keeping a partial last line until more arrives.
 #[derive(Debug, Default)]
 struct LineSplitter {
@@ -188,13 +200,27 @@ struct LineSplitter {
 
 impl LineSplitter {
     fn push(&mut self, chunk: &[u8]) -> Vec<String> {
-        self.pending.extend_from_slice(chunk);
         let mut lines = Vec::new();
-        while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=pos).collect();
-            lines.push(clean(&line[..line.len() - 1]));
+        for piece in chunk.split_inclusive(|b| *b == b'\n') {
+            if let Some(line) = piece.strip_suffix(b"\n") {
+                self.take(line, &mut lines);
+                lines.push(clean(&std::mem::take(&mut self.pending)));
+            } else {
+                self.take(piece, &mut lines);
+            }
         }
         lines
+    }
+
+    /// Add bytes of an unfinished line, emitting full-size pieces as lines.
+    fn take(&mut self, mut bytes: &[u8], lines: &mut Vec<String>) {
+        while self.pending.len() + bytes.len() > MAX_LINE {
+            let room = MAX_LINE - self.pending.len();
+            self.pending.extend_from_slice(&bytes[..room]);
+            bytes = &bytes[room..];
+            lines.push(clean(&std::mem::take(&mut self.pending)));
+        }
+        self.pending.extend_from_slice(bytes);
     }
 
     fn finish(&mut self) -> Option<String> {
@@ -223,6 +249,30 @@ mod tests {
     }
 
     #[test]
+    fn splitter_bounds_a_line_without_newline() {
+        let mut s = LineSplitter::default();
+        let mut total = 0;
+        // 1 GiB would be the real case; 64 × 1 MiB proves the bound as well.
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            for line in s.push(&chunk) {
+                assert_eq!(line.len(), MAX_LINE);
+                total += line.len();
+            }
+            assert!(s.pending.len() <= MAX_LINE, "pending stays within the cap");
+        }
+        assert_eq!(total + s.pending.len(), 64 << 20);
+        let tail = s.push(b"y\nz");
+        assert_eq!(
+            tail.len(),
+            2,
+            "the pending piece, then the line a newline ends"
+        );
+        assert_eq!((tail[0].len(), tail[1].as_str()), (MAX_LINE, "y"));
+        assert_eq!(s.finish().as_deref(), Some("z"));
+    }
+
+    #[test]
     fn quoting_survives_single_quotes() {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
     }
@@ -231,6 +281,7 @@ mod tests {
     fn script_has_env_workdir_and_line_markers() {
         let shell = ShellStep {
             body: ShellBody::Inline(vec!["echo a".into(), "false".into()]),
+            written: vec!["echo a".into(), "false".into()],
             env: [("GREETING".to_string(), "hi 'there'".to_string())].into(),
             workdir: Some("/tmp".into()),
             sudo: false,

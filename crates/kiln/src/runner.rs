@@ -12,17 +12,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use kiln_config::{Config, Image};
-use kiln_ssh::{ConnectOptions, KeyPair, OutputStream, Session, Target};
+use kiln_config::{Config, HostKeyCheck, Image};
+use kiln_ssh::{ConnectOptions, HostKeyPolicy, KeyPair, OutputStream, Session, Target};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, EventSink};
 use crate::gc;
 use crate::journal::{Journal, JournalError, StateDir};
 use crate::manifest::{InputRecord, Manifest, OutputRecord, StepRecord};
-use crate::plan::{BakeStep, ImagePlan, Plan, PlannedStep};
+use crate::plan::{BakeStep, ImagePlan, Plan, PlannedStep, project_relative};
 use crate::provider::{
-    CaptureRequest, Captured, LaunchRequest, Machine, ProviderError, Registry, Resources, Tracked,
+    CaptureRequest, Captured, HostKey, LaunchRequest, Machine, ProviderError, Registry, Resources,
+    Tracked,
 };
 use crate::provision::{self, StepContext, StepError};
 
@@ -55,6 +56,13 @@ pub enum BuildError {
     },
     #[error("output {path} already exists (use --force to replace it)")]
     OutputExists { path: PathBuf },
+    /// kiln itself failed inside a step (the journal or the state directory): exit 70.
+    #[error("{image}: step {step} failed: {message}")]
+    Internal {
+        image: String,
+        step: String,
+        message: String,
+    },
     #[error("interrupted")]
     Interrupted,
     #[error(transparent)]
@@ -95,7 +103,10 @@ pub async fn build(
     }
 
     let state = StateDir::new(&config.root);
-    gc::reap_stale(&state, registry, events.as_ref()).await?;
+    gc::reap_stale(&state, registry, events.as_ref(), &cancel).await?;
+    if cancel.is_cancelled() {
+        return Err(BuildError::Interrupted);
+    }
 
     let journal = Arc::new(state.begin_run("build")?);
     let run_id = journal.run_id().to_string();
@@ -115,9 +126,9 @@ pub async fn build(
             .find(|i| i.name == image_plan.image)
             .expect("the plan names images of this config");
         let bake = Bake::new(
-            config, image, image_plan, opts, registry, &journal, &events, &state,
+            config, image, image_plan, opts, registry, &journal, &events, &state, &cancel,
         );
-        match bake.run(cancel.clone()).await {
+        match bake.run().await {
             Ok(manifest) => manifests.push(manifest),
             Err(e) => {
                 outcome = Err(e);
@@ -136,7 +147,16 @@ pub async fn build(
         status: status.into(),
         duration_s: started.elapsed().as_secs_f64(),
     });
-    journal.finish(&state, status)?;
+    // A failure to close the journal must not hide the failure that ended the run; after a
+    // success it is the run's error (the journal still lists what `kiln gc` must look at).
+    match (journal.finish(&state, status), &outcome) {
+        (Err(e), Ok(())) => return Err(e.into()),
+        (Err(e), Err(_)) => events.emit(Event::Note {
+            image: None,
+            message: format!("could not close the journal: {}", error_chain(&e)),
+        }),
+        (Ok(()), _) => {}
+    }
     outcome.map(|()| BuildReport { run_id, manifests })
 }
 
@@ -152,9 +172,13 @@ struct Bake<'a> {
     state: &'a StateDir,
     nonce: String,
     started: Timestamp,
+    /// The run's cancellation, for blocking work that cannot be dropped like a future.
+    cancel: CancellationToken,
     // Resources, in creation order; cleanup runs in the reverse of this order.
     scratch: Option<(PathBuf, Tracked)>,
     key: Option<KeyPair>,
+    /// The guest's pinned host key (`ssh.host_key = "pinned"`); in memory only.
+    host_key: Option<KeyPair>,
     machine: Option<Box<dyn Machine>>,
     session: Option<Session>,
     partial: Option<Tracked>,
@@ -169,14 +193,53 @@ struct Bake<'a> {
 struct Failure {
     message: String,
     details: Vec<String>,
+    /// kiln's own fault (journal, state directory), not the guest's or the user's: the run
+    /// exits 70, not 1.
+    internal: bool,
 }
 
-impl<E: std::error::Error> From<E> for Failure {
-    fn from(e: E) -> Self {
+impl Failure {
+    fn step(message: impl Into<String>) -> Failure {
         Failure {
-            message: error_chain(&e),
+            message: message.into(),
             details: Vec::new(),
+            internal: false,
         }
+    }
+
+    fn internal(message: impl Into<String>) -> Failure {
+        Failure {
+            internal: true,
+            ..Failure::step(message)
+        }
+    }
+
+    fn with_details(mut self, details: Vec<String>) -> Failure {
+        self.details = details;
+        self
+    }
+}
+
+// One conversion per error type, not a blanket `impl<E: Error>`: that flattened a journal
+// failure into the same "step failed" as a guest's non-zero exit.
+impl From<JournalError> for Failure {
+    fn from(e: JournalError) -> Self {
+        Failure::internal(error_chain(&e))
+    }
+}
+
+impl From<ProviderError> for Failure {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::Journal(_) => Failure::internal(error_chain(&e)),
+            _ => Failure::step(error_chain(&e)),
+        }
+    }
+}
+
+impl From<kiln_ssh::SshError> for Failure {
+    fn from(e: kiln_ssh::SshError) -> Self {
+        Failure::step(error_chain(&e))
     }
 }
 
@@ -209,6 +272,7 @@ impl<'a> Bake<'a> {
         journal: &Arc<Journal>,
         events: &Arc<dyn EventSink>,
         state: &'a StateDir,
+        cancel: &CancellationToken,
     ) -> Self {
         Bake {
             config,
@@ -221,8 +285,10 @@ impl<'a> Bake<'a> {
             state,
             nonce: format!("kiln-{}", journal.run_id()),
             started: Timestamp::now(),
+            cancel: cancel.clone(),
             scratch: None,
             key: None,
+            host_key: None,
             machine: None,
             session: None,
             partial: None,
@@ -236,7 +302,8 @@ impl<'a> Bake<'a> {
         format!("kiln-{}-{}", self.res.journal().run_id(), self.image.name)
     }
 
-    async fn run(mut self, cancel: CancellationToken) -> Result<Manifest, BuildError> {
+    async fn run(mut self) -> Result<Manifest, BuildError> {
+        let cancel = self.cancel.clone();
         let mut result = Ok(());
         for step in &self.plan.steps {
             if cancel.is_cancelled() {
@@ -278,11 +345,19 @@ impl<'a> Bake<'a> {
                         duration_s,
                         error: failure.message.clone(),
                     });
-                    result = Err(BuildError::StepFailed {
-                        image: self.image.name.clone(),
-                        step: step.id.clone(),
-                        message: failure.message,
-                        details: failure.details,
+                    result = Err(if failure.internal {
+                        BuildError::Internal {
+                            image: self.image.name.clone(),
+                            step: step.id.clone(),
+                            message: failure.message,
+                        }
+                    } else {
+                        BuildError::StepFailed {
+                            image: self.image.name.clone(),
+                            step: step.id.clone(),
+                            message: failure.message,
+                            details: failure.details,
+                        }
                     });
                     break;
                 }
@@ -338,14 +413,31 @@ impl<'a> Bake<'a> {
                 let image = self.image;
                 self.provision(&image.test[i], step).await
             }
+            BakeStep::Generalize => {
+                let key = self.key.as_ref().expect("prepare ran").public_openssh();
+                let host_key = self.host_key.as_ref().map(|k| k.public_openssh());
+                let traces = crate::generalize::Traces {
+                    build_key: &key,
+                    host_key: host_key.as_deref(),
+                    nonce: &self.nonce,
+                };
+                match crate::generalize::step(&self.image.generalize, &self.image.ssh.user, &traces)
+                {
+                    Some(generalize) => self.provision(&generalize, step).await,
+                    None => Ok(()),
+                }
+            }
             BakeStep::Shutdown => self.shutdown().await,
             BakeStep::Capture => self.capture().await,
             BakeStep::Manifest => {
                 let manifest = self.manifest();
-                manifest.write(&self.plan.manifest).map_err(|e| Failure {
-                    message: format!("write {}: {e}", self.plan.manifest.display()),
-                    details: Vec::new(),
+                manifest.write(&self.plan.manifest).map_err(|e| {
+                    Failure::step(format!("write {}: {e}", self.plan.manifest.display()))
                 })?;
+                // The image has its manifest: it is the user's now, no longer the run's.
+                if let Some(placed) = self.partial.take() {
+                    self.res.journal().remove(placed.rid)?;
+                }
                 self.written = Some(manifest);
                 Ok(())
             }
@@ -363,14 +455,15 @@ impl<'a> Bake<'a> {
             dir.display().to_string(),
             Default::default(),
         )?;
-        std::fs::create_dir_all(&dir).map_err(|e| Failure {
-            message: format!("create {}: {e}", dir.display()),
-            details: Vec::new(),
-        })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Failure::internal(format!("create {}: {e}", dir.display())))?;
         self.scratch = Some((dir, tracked));
         // The private key lives in memory only; it is written to disk only if the machine is
         // kept for inspection (`--on-error=abort`).
         self.key = Some(KeyPair::generate()?);
+        if self.image.ssh.host_key == HostKeyCheck::Pinned {
+            self.host_key = Some(KeyPair::generate_host_key()?);
+        }
         Ok(())
     }
 
@@ -381,11 +474,19 @@ impl<'a> Bake<'a> {
             .expect("checked before the run");
         let (scratch, _) = self.scratch.as_ref().expect("prepare ran");
         let key = self.key.as_ref().expect("prepare ran");
+        let host_key = match &self.host_key {
+            Some(k) => Some(HostKey {
+                private_openssh: k.private_openssh()?,
+                public_openssh: k.public_openssh(),
+            }),
+            None => None,
+        };
         let req = LaunchRequest {
             image: self.image,
             machine_name: self.machine_name(),
             scratch: scratch.clone(),
             ssh_public_key: key.public_openssh(),
+            host_key,
         };
         let machine = provider.launch(&req, &self.res).await?;
         self.machine = Some(machine);
@@ -401,9 +502,13 @@ impl<'a> Bake<'a> {
             user: self.image.ssh.user.clone(),
         };
         let key = self.key.as_ref().expect("prepare ran");
+        let policy = match &self.host_key {
+            Some(host_key) => HostKeyPolicy::pinned(host_key),
+            None => HostKeyPolicy::AcceptNew,
+        };
         let opts = ConnectOptions {
             timeout: self.image.ssh.timeout,
-            ..ConnectOptions::default()
+            ..ConnectOptions::new(policy)
         };
         let connecting = kiln_ssh::connect(&target, key, &opts);
         tokio::pin!(connecting);
@@ -428,13 +533,16 @@ impl<'a> Bake<'a> {
                     "waited for SSH on {}:{} as {}",
                     endpoint.host, endpoint.port, self.image.ssh.user
                 )];
+                if let Some(cause) = machine.diagnose_unreachable() {
+                    details.push(format!("likely cause: {cause}"));
+                }
                 if tail.is_empty() {
                     details.push("the console printed nothing".into());
                 } else {
                     details.push("last console lines:".into());
                     details.extend(tail.into_iter().map(|l| format!("  | {l}")));
                 }
-                Err(Failure { message, details })
+                Err(Failure::step(message).with_details(details))
             }
         }
     }
@@ -453,14 +561,13 @@ impl<'a> Bake<'a> {
         };
         provision::run(session, step, &ctx)
             .await
-            .map_err(|e: StepError| Failure {
-                message: format!(
+            .map_err(|e: StepError| {
+                Failure::step(format!(
                     "{} `{}`: {}",
                     step.kind.kind_name(),
                     step.name,
                     error_chain(&e)
-                ),
-                details: Vec::new(),
+                ))
             })
     }
 
@@ -485,21 +592,18 @@ impl<'a> Bake<'a> {
             }
         };
         drop(session);
-        stopped.map_err(|e| Failure {
-            message: error_chain(&e),
-            details: vec![format!(
+        stopped.map_err(|e| {
+            Failure::from(e).with_details(vec![format!(
                 "the shutdown command was `{}`; make sure it powers the machine off",
                 self.image.shutdown.command
-            )],
+            )])
         })
     }
 
     async fn capture(&mut self) -> Result<(), Failure> {
         let out_dir = self.plan.output.parent().expect("output has a directory");
-        std::fs::create_dir_all(out_dir).map_err(|e| Failure {
-            message: format!("create {}: {e}", out_dir.display()),
-            details: Vec::new(),
-        })?;
+        std::fs::create_dir_all(out_dir)
+            .map_err(|e| Failure::step(format!("create {}: {e}", out_dir.display())))?;
         let partial = out_dir.join(format!(
             ".{}.partial-{}",
             self.image.output.file_name,
@@ -520,25 +624,56 @@ impl<'a> Bake<'a> {
             })
             .await?;
         let Captured::LocalFile { path, format } = captured;
-        let (size, sha256) = finish_file(&path).map_err(|e| Failure {
-            message: format!("read back {}: {e}", path.display()),
-            details: Vec::new(),
-        })?;
-        place(&path, &self.plan.output, self.opts.force).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Failure {
-                message: format!(
+        // fsync and SHA-256 of a multi-gigabyte image take seconds: off the async workers,
+        // and stopping at the next chunk once the run is cancelled.
+        let (size, sha256) = {
+            let file = path.clone();
+            let cancel = self.cancel.clone();
+            tokio::task::spawn_blocking(move || finish_file(&file, &cancel))
+                .await
+                .map_err(|e| Failure::internal(format!("read back the image: {e}")))?
+                .map_err(|e| Failure::step(format!("read back {}: {e}", path.display())))?
+        };
+        // The image stays this run's to remove until its manifest is written, so a build that
+        // fails or is interrupted from here on leaves no image without a manifest (and
+        // `kiln gc` removes it after `kill -9`). Journaled before the name exists.
+        let placed = self.res.creating(
+            "local",
+            "file",
+            self.plan.output.display().to_string(),
+            crate::provider::data(serde_json::json!({
+                "purpose": "output until its manifest is written"
+            })),
+        )?;
+        // An old manifest must not describe the image that replaces its own.
+        if self.opts.force {
+            match std::fs::remove_file(&self.plan.manifest) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    self.res.journal().remove(placed.rid)?;
+                    return Err(Failure::step(format!(
+                        "remove the old manifest {}: {e}",
+                        self.plan.manifest.display()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if let Err(e) = place(&path, &self.plan.output, self.opts.force) {
+            // Nothing was placed: the name (if it exists) is someone else's file.
+            self.res.journal().remove(placed.rid)?;
+            return Err(match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Failure::step(format!(
                     "output {} appeared during the build (use --force to replace it)",
                     self.plan.output.display()
-                ),
-                details: Vec::new(),
-            },
-            _ => Failure {
-                message: format!("move the image to {}: {e}", self.plan.output.display()),
-                details: Vec::new(),
-            },
-        })?;
+                )),
+                _ => Failure::step(format!(
+                    "move the image to {}: {e}",
+                    self.plan.output.display()
+                )),
+            });
+        }
         self.res.removed(&tracked)?;
-        self.partial = None;
+        self.partial = Some(placed);
         self.events.emit(Event::ArtifactWritten {
             image: self.image.name.clone(),
             path: self.plan.output.clone(),
@@ -547,7 +682,7 @@ impl<'a> Bake<'a> {
             sha256: sha256.clone(),
         });
         self.output = Some(OutputRecord {
-            path: self.plan.output.clone(),
+            path: project_relative(&self.config.root, &self.plan.output),
             format,
             compressed: self.image.output.compress,
             size,
@@ -569,7 +704,7 @@ impl<'a> Bake<'a> {
                 .source_inputs
                 .iter()
                 .map(|i| InputRecord {
-                    path: i.path.clone(),
+                    path: project_relative(&self.config.root, &i.path),
                     sha256: i.sha256.clone(),
                 })
                 .collect(),
@@ -593,9 +728,32 @@ impl<'a> Bake<'a> {
         lines.push(machine.keep());
         if let (Some((scratch, _)), Some(key)) = (&self.scratch, &self.key) {
             let key_path = scratch.join("id_ed25519");
+            // With a pinned host key, people get the same check kiln made: a known_hosts file
+            // holding only that key.
+            let host_check = match &self.host_key {
+                Some(host_key) => {
+                    let known = scratch.join("known_hosts");
+                    let line = format!(
+                        "[{}]:{} {}\n",
+                        endpoint.host,
+                        endpoint.port,
+                        host_key.public_openssh()
+                    );
+                    match std::fs::write(&known, line) {
+                        Ok(()) => format!(
+                            "-o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
+                            known.display()
+                        ),
+                        Err(_) => {
+                            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null".into()
+                        }
+                    }
+                }
+                None => "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null".into(),
+            };
             match key.write_private_openssh(&key_path) {
                 Ok(()) => lines.push(format!(
-                    "reach it with: ssh -i {} -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null {}@{}",
+                    "reach it with: ssh -i {} -p {} {host_check} {}@{}",
                     key_path.display(),
                     endpoint.port,
                     self.image.ssh.user,
@@ -630,13 +788,49 @@ impl<'a> Bake<'a> {
             self.note_cleanup(result.err().map(|e: ProviderError| error_chain(&e)));
             // Facts are gone with the machine; the manifest was written before cleanup.
         }
+        self.sweep().await;
         self.key = None;
+        self.host_key = None;
         if let Some((dir, tracked)) = self.scratch.take() {
             match remove_dir(&dir) {
                 Ok(()) => {
                     self.note_cleanup(self.res.removed(&tracked).err().map(|e| error_chain(&e)))
                 }
                 Err(e) => self.note_cleanup(Some(format!("remove {}: {e}", dir.display()))),
+            }
+        }
+    }
+
+    /// Remove whatever the journal still lists as alive for this image, newest first,
+    /// through the provider that owns it. The handles above cover the normal case; this
+    /// covers a step interrupted between creating a resource and handing it over (a QEMU
+    /// spawned while `launch` was still waiting for it to come up), so that no instant of a
+    /// step can leak what it created. The scratch directory goes last, after this.
+    async fn sweep(&mut self) {
+        let scratch_rid = self.scratch.as_ref().map(|(_, t)| t.rid);
+        let mine: Vec<(u64, crate::journal::Resource)> = self
+            .res
+            .journal()
+            .live()
+            .into_iter()
+            .filter(|(rid, r)| {
+                r.image.as_deref() == Some(self.image.name.as_str()) && Some(*rid) != scratch_rid
+            })
+            .collect();
+        for (rid, resource) in mine.into_iter().rev() {
+            let Some(provider) = self.registry.get(&resource.provider) else {
+                self.note_cleanup(Some(format!(
+                    "provider `{}` is not available to remove {} {}",
+                    resource.provider, resource.kind, resource.id
+                )));
+                continue;
+            };
+            match provider.destroy(&resource).await {
+                Ok(()) => {
+                    let tracked = Tracked { rid, resource };
+                    self.note_cleanup(self.res.removed(&tracked).err().map(|e| error_chain(&e)));
+                }
+                Err(e) => self.note_cleanup(Some(error_chain(&e))),
             }
         }
     }
@@ -664,12 +858,14 @@ fn remove_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// fsync a finished file and return its size and SHA-256.
-fn finish_file(path: &Path) -> std::io::Result<(u64, String)> {
+/// fsync a finished file and return its size and SHA-256; gives up at the next chunk once
+/// `cancel` is set.
+fn finish_file(path: &Path, cancel: &CancellationToken) -> std::io::Result<(u64, String)> {
     let file = std::fs::File::open(path)?;
     file.sync_all()?;
     let size = file.metadata()?.len();
-    Ok((size, crate::digest::sha256_file(path)?))
+    let sha256 = crate::digest::sha256_file_until(path, &|| cancel.is_cancelled())?;
+    Ok((size, sha256))
 }
 
 /// Move a finished file into place. Without `force` an existing file is never replaced, even

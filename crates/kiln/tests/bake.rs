@@ -46,6 +46,11 @@ fn bake_provision_test_collect_and_boot_the_result() {
   ] } },
   { shell = { script = "setup.sh" } },
   { collect = { from = "/etc/app", to = "collected" } },
+  { shell = { name = "secret env", env = { TOKEN = "topsecret-4711" }, inline = [
+      "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done > /etc/cmdlines-during-step",
+      "test \"$TOKEN\" = topsecret-4711",
+      "echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserKeyThatMustStay user@laptop' >> /root/.ssh/authorized_keys",
+  ] } },
 "#,
             test: r#"  { shell = { inline = ["grep -qx 'hi there' /etc/kiln-marker", "test -f /etc/from-script"] } },"#,
             ..Steps::default()
@@ -87,7 +92,9 @@ fn bake_provision_test_collect_and_boot_the_result() {
             "provision/3",
             "provision/4",
             "provision/5",
+            "provision/6",
             "test/1",
+            "generalize",
             "shutdown",
             "capture",
             "manifest"
@@ -118,6 +125,10 @@ fn bake_provision_test_collect_and_boot_the_result() {
     assert_eq!(manifest["image"], "tiny");
     assert_eq!(manifest["provider"], "qemu");
     assert_eq!(manifest["output"]["format"], "qcow2");
+    assert_eq!(
+        manifest["output"]["path"], "output/tiny/tiny.qcow2",
+        "paths inside the project are relative"
+    );
     assert_eq!(manifest["output"]["sha256"], sha256(&image));
     assert_eq!(
         manifest["output"]["size"],
@@ -130,7 +141,7 @@ fn bake_provision_test_collect_and_boot_the_result() {
     assert!(["kvm", "tcg"].contains(&manifest["machine"]["accelerator"].as_str().unwrap()));
     assert_eq!(
         manifest["steps"].as_array().unwrap().len(),
-        11,
+        13,
         "every step before the manifest"
     );
     let artifact = events
@@ -159,6 +170,43 @@ fn bake_provision_test_collect_and_boot_the_result() {
     // The image's filesystem holds what provisioning wrote.
     assert_eq!(read_from_image(&image, "/etc/kiln-marker"), "hi there\n");
     assert_eq!(read_from_image(&image, "/etc/motd"), "welcome\n");
+
+    // A step's env values were never on a command line in the guest, nor in what kiln wrote.
+    let cmdlines = read_from_image(&image, "/etc/cmdlines-during-step");
+    assert!(cmdlines.contains("sh -c eval \"$(cat)\""), "{cmdlines}");
+    assert!(!cmdlines.contains("topsecret"), "{cmdlines}");
+    let manifest_text = std::fs::read_to_string(out_dir.join("kiln-manifest.json")).unwrap();
+    assert!(!manifest_text.contains("topsecret") && !stdout.contains("topsecret"));
+
+    // Generalized: the build key is gone and the user's key stays; no host key, seed copy or
+    // kiln temporary file is left in the image.
+    let keys = read_from_image(&image, "/root/.ssh/authorized_keys");
+    assert_eq!(
+        keys,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserKeyThatMustStay user@laptop\n"
+    );
+    let listing = |dir: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "qemu-img convert -O raw '{}' '{}.ls' && debugfs -R 'ls -p {dir}' '{}.ls'; rm -f '{}.ls'",
+                image.display(),
+                image.display(),
+                image.display(),
+                image.display()
+            ))
+            .output()
+            .unwrap();
+        let listing = text(&out.stdout);
+        assert!(listing.contains("/./"), "debugfs listed {dir}: {listing}");
+        listing
+    };
+    let dropbear = listing("/etc/dropbear");
+    assert!(!dropbear.contains("host_key"), "{dropbear}");
+    let tmp = listing("/tmp");
+    assert!(!tmp.contains("kiln-"), "{tmp}");
+    let run = listing("/run");
+    assert!(!run.contains("nocloud"), "{run}");
 
     // And it boots: bake it again with a test that checks the files, writing raw this time.
     let again = Project::new(
@@ -247,4 +295,80 @@ fn failing_test_step_means_no_image() {
     );
     assert!(!project.path().join("output/tiny").exists());
     project.assert_clean();
+}
+
+/// A project baking `image` (an earlier bake's output) instead of the tiny guest's base disk.
+fn project_from(guest: &std::path::Path, image: &std::path::Path, steps: Steps<'_>) -> Project {
+    let project = Project::new(guest, steps);
+    let toml = std::fs::read_to_string(project.path().join("kiln.toml"))
+        .unwrap()
+        .replace("{{ guest }}/base.qcow2", &image.display().to_string());
+    std::fs::write(project.path().join("kiln.toml"), toml).unwrap();
+    project
+}
+
+#[test]
+fn a_guest_that_ignores_the_pinned_host_key_is_refused_unless_accept_new() {
+    let Some(guest) = tiny_guest() else { return };
+    // An image whose SSH server always presents a key of its own, whatever cloud-init says.
+    let ignoring = Project::new(
+        &guest,
+        Steps {
+            provision: r#"  { shell = { name = "own host key", inline = [
+      "dropbearkey -t ed25519 -f /etc/own-host-key >/dev/null",
+      "printf '::sysinit:/etc/init.d/rcS\n::respawn:/usr/sbin/dropbear -F -E -r /etc/own-host-key -s -p 22\n::shutdown:/bin/sync\n' > /etc/inittab",
+  ] } },"#,
+            ..Steps::default()
+        },
+    );
+    let out = ignoring.run(&["build"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let image = ignoring.path().join("output/tiny/tiny.qcow2");
+
+    let pinned = project_from(
+        &guest,
+        &image,
+        Steps {
+            image_extra: r#"ssh = { timeout = "10m" }"#,
+            ..Steps::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let out = pinned.run(&["build"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+    let (presented, expected) = error
+        .split_once("it presented ")
+        .and_then(|(_, rest)| rest.split_once(" (ssh-ed25519), not the pinned "))
+        .map(|(p, rest)| (p.to_string(), rest.split(' ').next().unwrap().to_string()))
+        .unwrap_or_else(|| panic!("both fingerprints named: {error}"));
+    assert!(presented.starts_with("SHA256:") && expected.starts_with("SHA256:"));
+    assert_ne!(presented, expected);
+    assert!(
+        error.starts_with(
+            "error: tiny: step connect failed: verify the host key of root@127.0.0.1:"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("ssh.host_key = \"accept-new\""), "{error}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(300),
+        "refused at first contact, not after the 10 min SSH timeout"
+    );
+    pinned.assert_clean();
+
+    // The same image with accept-new: the guest's own key is taken on first contact.
+    let accepting = project_from(
+        &guest,
+        &image,
+        Steps {
+            image_extra: r#"ssh = { timeout = "2m", host_key = "accept-new" }"#,
+            test: r#"  { shell = { inline = ["test -f /etc/own-host-key"] } },"#,
+            ..Steps::default()
+        },
+    );
+    let out = accepting.run(&["build"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    accepting.assert_clean();
 }

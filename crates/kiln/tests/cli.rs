@@ -98,6 +98,7 @@ fn plan_json_has_stable_ids_and_keys_that_follow_inputs() {
             "provision/2",
             "provision/3",
             "test/1",
+            "generalize",
             "shutdown",
             "capture",
             "manifest"
@@ -230,4 +231,178 @@ fn usage_errors_exit_2() {
     let out = kiln(dir.path(), &["validate", "--var", "novalue"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("expected NAME=VALUE, got `novalue`"));
+}
+
+/// Write a dead run's journal by hand: a run record, then `lines` as they are.
+fn journal(dir: &Path, run: &str, lines: &[String]) -> std::path::PathBuf {
+    let jdir = dir.join(".kiln/journal");
+    std::fs::create_dir_all(&jdir).unwrap();
+    let path = jdir.join(format!("{run}.jsonl"));
+    let mut text = format!(
+        "{{\"op\":\"run\",\"schema\":1,\"run_id\":\"{run}\",\"pid\":1,\"command\":\"build\",\"kiln_version\":\"0.1.0\",\"at\":\"2026-12-01T00:00:00Z\"}}\n"
+    );
+    for l in lines {
+        text.push_str(l);
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn create_dir_record(rid: u64, path: &Path) -> String {
+    format!(
+        "{{\"op\":\"create\",\"rid\":{rid},\"resource\":{{\"provider\":\"local\",\"kind\":\"dir\",\"id\":\"{}\",\"image\":\"web\"}},\"at\":\"2026-12-01T00:00:01Z\"}}\n",
+        path.display()
+    )
+}
+
+#[test]
+fn damaged_journals_are_reported_and_what_they_name_is_still_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let (torn_dir, garbled_dir, newer_dir) = (p.join("torn"), p.join("garbled"), p.join("newer"));
+    for d in [&torn_dir, &garbled_dir, &newer_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // A torn last line: the record never finished, so nothing it named was created.
+    journal(
+        p,
+        "20261201T000001Z-aaaaaa",
+        &[
+            create_dir_record(1, &torn_dir),
+            "{\"op\":\"create\",\"rid\":2,\"res".into(),
+        ],
+    );
+    // Garbage and an unknown record kind in the middle.
+    let garbled = journal(
+        p,
+        "20261201T000002Z-bbbbbb",
+        &[
+            "\u{1}\u{2} not json\n".into(),
+            "{\"op\":\"teleport\",\"rid\":7}\n".into(),
+            create_dir_record(1, &garbled_dir),
+        ],
+    );
+    // A newer kiln's journal.
+    let newer = journal(
+        p,
+        "20261201T000003Z-cccccc",
+        &[create_dir_record(1, &newer_dir)],
+    );
+    let text_newer = std::fs::read_to_string(&newer).unwrap();
+    std::fs::write(&newer, text_newer.replace("\"schema\":1", "\"schema\":9")).unwrap();
+
+    let status = kiln(p, &["status"]);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    let stderr = text(&status.stderr);
+    // Relative to where kiln runs, as people typed nothing else.
+    let journals = Path::new(".kiln/journal");
+    assert!(
+        stderr.contains(&format!(
+            "warning: skipped a damaged journal line: {}/20261201T000001Z-aaaaaa.jsonl line 3: the line ends in the middle of a record (a torn record: its write never finished, so what it announced was never created)",
+            journals.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "warning: skipped a damaged journal line: {}/20261201T000002Z-bbbbbb.jsonl line 2: not a JSON record",
+            journals.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "warning: skipped a damaged journal line: {}/20261201T000002Z-bbbbbb.jsonl line 3: unknown record kind `teleport` (written by a newer kiln?)",
+            journals.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: run 20261201T000003Z-cccccc was journaled by a newer kiln (journal schema 9; this kiln understands 1); what it lists may be incomplete"),
+        "{stderr}"
+    );
+    let stdout = text(&status.stdout);
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+
+    let gc = kiln(p, &["gc"]);
+    let out = text(&gc.stdout);
+    let err = text(&gc.stderr);
+    assert_eq!(gc.status.code(), Some(0), "{out}{err}");
+    assert!(!torn_dir.exists() && !garbled_dir.exists(), "{out}");
+    assert!(
+        newer_dir.exists(),
+        "a newer kiln's resources are left alone"
+    );
+    assert!(
+        err.contains("run 20261201T000003Z-cccccc was journaled by a newer kiln (journal schema 9; this kiln understands 1): left alone, run `kiln gc` with that version"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "kept the journal of run 20261201T000002Z-bbbbbb for inspection: a damaged line may have named a resource; delete {} once you are sure nothing of it is left",
+            journals.join(garbled.file_name().unwrap()).display()
+        )),
+        "{err}"
+    );
+    // The torn journal is forgotten; the garbled one and the newer one stay.
+    let mut left: Vec<String> = std::fs::read_dir(p.join(journals))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "20261201T000002Z-bbbbbb.jsonl",
+            "20261201T000003Z-cccccc.jsonl"
+        ]
+    );
+}
+
+#[test]
+fn titles_and_plans_show_scripts_as_written_not_interpolated() {
+    let dir = project(
+        r#"[project]
+name = "demo"
+
+[vars]
+token = "s3cr3t-value"
+
+[[image]]
+name = "web"
+source = { qemu = { disk = "base.qcow2" } }
+provision = [{ shell = { inline = ["curl -H 'Authorization: {{ token }}' https://example.invalid/"], env = { TOKEN = "{{ token }}" } } }]
+"#,
+    );
+    let plan = kiln(dir.path(), &["plan"]);
+    let out = text(&plan.stdout);
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    assert!(
+        out.contains("shell: curl -H 'Authorization: {{ token }}' https://example.invalid/"),
+        "{out}"
+    );
+    let json = text(&kiln(dir.path(), &["plan", "--json"]).stdout);
+    assert!(
+        !out.contains("s3cr3t") && !json.contains("s3cr3t"),
+        "{out}{json}"
+    );
+}
+
+#[test]
+fn step_keys_do_not_depend_on_where_the_checkout_lives() {
+    let keys = |dir: &Path| -> Vec<String> {
+        let out = kiln(dir, &["plan", "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        plan["images"][0]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let a = project(GOOD);
+    let b = project(GOOD);
+    assert_ne!(a.path(), b.path());
+    assert_eq!(keys(a.path()), keys(b.path()));
 }

@@ -3,35 +3,114 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln::events::{Event, Recorder};
-use kiln::journal::StateDir;
-use kiln::provider::{CaptureRequest, Captured, LaunchRequest, Provider, Resources};
-use kiln_ssh::{ConnectOptions, KeyPair, Target};
+use kiln::events::{Event, EventSink, Recorder};
+use kiln::journal::{Resource, StateDir};
+use kiln::provider::{
+    CaptureRequest, Captured, HostKey, LaunchRequest, Provider, Registry, Resources,
+};
+use kiln_ssh::{ConnectOptions, HostKeyPolicy, KeyPair, Target};
 
-use common::tiny_guest;
+use common::{text, tiny_guest};
 
-/// Launch, reach over SSH, stop from inside, capture, destroy; every resource journaled
-/// before use and gone afterwards; destroying twice and destroying what is gone succeed.
+/// Records events and, at each `resource_created` (sent after the journal record is written
+/// and before the resource is made), asks the owning provider whether the resource already
+/// exists: it must not, or it was created before it was journaled.
+#[derive(Debug)]
+struct JournaledFirst {
+    events: Recorder,
+    registry: Registry,
+    runtime: tokio::runtime::Handle,
+    existed_before_record: Mutex<Vec<String>>,
+}
+
+impl EventSink for JournaledFirst {
+    fn emit(&self, event: Event) {
+        if let Event::ResourceCreated {
+            image,
+            provider,
+            kind,
+            id,
+        } = &event
+            && let Some(owner) = self.registry.get(provider)
+        {
+            let resource = Resource {
+                provider: provider.clone(),
+                kind: kind.clone(),
+                id: id.clone(),
+                image: image.clone(),
+                data: Default::default(),
+            };
+            let exists =
+                tokio::task::block_in_place(|| self.runtime.block_on(owner.exists(&resource)));
+            if exists.unwrap_or(false) {
+                self.existed_before_record
+                    .lock()
+                    .unwrap()
+                    .push(format!("{provider} {kind} {id}"));
+            }
+        }
+        self.events.emit(event);
+    }
+}
+
+/// Read a file out of the ext4 root of a captured image without mounting anything.
+fn read_from_image(image: &std::path::Path, guest_path: &str) -> String {
+    let raw = image.with_extension("raw-for-test");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {guest_path}")])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&raw).unwrap();
+    text(&out.stdout)
+}
+
+/// Launch, reach over SSH with the pinned host key, write into the guest, stop it from
+/// inside, capture and read the write back out of the image, destroy; every resource
+/// journaled before it existed and gone afterwards; destroying twice and destroying what is
+/// gone succeed.
 async fn launch_exec_capture_destroy(provider: Arc<dyn Provider>, image: &kiln_config::Image) {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::new(dir.path());
     let journal = Arc::new(state.begin_run("conformance").unwrap());
-    let events = Arc::new(Recorder::default());
+    let events = Arc::new(JournaledFirst {
+        events: Recorder::default(),
+        registry: Registry::builtin(),
+        runtime: tokio::runtime::Handle::current(),
+        existed_before_record: Mutex::new(Vec::new()),
+    });
     let res = Resources::new(journal.clone(), events.clone(), Some(image.name.clone()));
     let scratch = dir.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     let key = KeyPair::generate().unwrap();
+    let host_key = KeyPair::generate_host_key().unwrap();
 
     let req = LaunchRequest {
         image,
         machine_name: format!("kiln-{}-{}", journal.run_id(), image.name),
         scratch: scratch.clone(),
         ssh_public_key: key.public_openssh(),
+        host_key: Some(HostKey {
+            private_openssh: host_key.private_openssh().unwrap(),
+            public_openssh: host_key.public_openssh(),
+        }),
     };
     let mut machine = provider.launch(&req, &res).await.unwrap();
+    assert_eq!(
+        *events.existed_before_record.lock().unwrap(),
+        Vec::<String>::new(),
+        "resources that existed before their journal record"
+    );
     let created: Vec<kiln::journal::Resource> =
         journal.live().into_iter().map(|(_, r)| r).collect();
     assert!(!created.is_empty(), "launch journals what it creates");
@@ -53,9 +132,10 @@ async fn launch_exec_capture_destroy(provider: Arc<dyn Provider>, image: &kiln_c
     };
     let opts = ConnectOptions {
         timeout: Duration::from_secs(120),
-        ..ConnectOptions::default()
+        ..ConnectOptions::new(HostKeyPolicy::pinned(&host_key))
     };
     let session = kiln_ssh::connect(&target, &key, &opts).await.unwrap();
+    assert_eq!(session.host_key_fingerprint(), host_key.fingerprint());
     let mut out = Vec::new();
     let status = session
         .exec(
@@ -85,7 +165,9 @@ async fn launch_exec_capture_destroy(provider: Arc<dyn Provider>, image: &kiln_c
         .unwrap();
     let Captured::LocalFile { path: got, .. } = captured;
     assert_eq!(got, path);
-    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    // What was written in the guest is in the image: capturing the base disk, or the disk
+    // before the guest flushed it, would not pass.
+    assert_eq!(read_from_image(&path, "/etc/conformance"), "conformance\n");
 
     machine.destroy().await.unwrap();
     machine.destroy().await.expect("destroy is idempotent");
@@ -104,11 +186,13 @@ async fn launch_exec_capture_destroy(provider: Arc<dyn Provider>, image: &kiln_c
         }
     }
     let created_events = events
+        .events
         .events()
         .iter()
         .filter(|e| matches!(e, Event::ResourceCreated { .. }))
         .count();
     let removed_events = events
+        .events
         .events()
         .iter()
         .filter(|e| matches!(e, Event::ResourceRemoved { .. }))

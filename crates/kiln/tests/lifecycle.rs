@@ -222,3 +222,251 @@ fn build_reaps_what_a_killed_run_left_before_it_starts() {
     );
     project.assert_clean();
 }
+
+/// Processes whose command line mentions `needle`, whatever the program (QEMU, a wrapper).
+fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
+        if cmdline.contains(needle) && !zombie && pid != std::process::id() {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+#[test]
+fn two_gc_at_once_remove_a_killed_run_once() {
+    let Some(guest) = tiny_guest() else { return };
+    let (project, mut run) = long_build(&guest);
+    kill_9(&project, &mut run);
+
+    let spawn = || {
+        project
+            .kiln()
+            .arg("gc")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let both = format!("{}{}", text(&a.stdout), text(&b.stdout));
+    assert!(
+        a.status.success() && b.status.success(),
+        "{both}{}{}",
+        text(&a.stderr),
+        text(&b.stderr)
+    );
+    let removed: Vec<&str> = both.lines().filter(|l| l.starts_with("removed")).collect();
+    assert_eq!(
+        removed.len(),
+        4,
+        "each resource removed exactly once: {both}"
+    );
+    for kind in [
+        "qemu qemu-process",
+        "qemu disk-overlay",
+        "local dir",
+        "local port",
+    ] {
+        assert_eq!(
+            removed.iter().filter(|l| l.contains(kind)).count(),
+            1,
+            "{kind}: {both}"
+        );
+    }
+    project.assert_clean();
+}
+
+#[test]
+fn a_qemu_wrapper_that_forks_is_reaped_after_kill_9() {
+    let Some(guest) = tiny_guest() else { return };
+    let project = Project::new(
+        &guest,
+        Steps {
+            provision: LONG_STEP,
+            ..Steps::default()
+        },
+    );
+    // Runs QEMU as its child instead of exec'ing it, as site wrappers often do, and under
+    // another name (RHEL calls it qemu-kvm): neither process is named qemu-system-*.
+    let qemu = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("qemu-system-x86_64"))
+        .find(|p| p.is_file())
+        .unwrap();
+    let renamed = project.path().join("qemu-kvm");
+    std::os::unix::fs::symlink(&qemu, &renamed).unwrap();
+    let wrapper = project.path().join("qemu-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n'{}' \"$@\"\necho qemu ended\n",
+            renamed.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut cmd = project.kiln();
+    cmd.args(["--json", "build"]).env("KILN_QEMU", &wrapper);
+    let mut run = Running::start(cmd);
+    run.wait_for(
+        "the long step's first line",
+        Duration::from_secs(180),
+        |e| is_event(e, "output", Some("provision/1")) && e["line"] == "started",
+    );
+    let run_id = run
+        .seen
+        .iter()
+        .find(|e| is_event(e, "run_started", None))
+        .and_then(|e| e["run_id"].as_str())
+        .unwrap()
+        .to_string();
+    let marker = format!("kiln-{run_id}-tiny");
+    assert_eq!(
+        processes_mentioning(&marker).len(),
+        2,
+        "the wrapper and its QEMU: {:?}",
+        processes_mentioning(&marker)
+    );
+    kill(Pid::from_raw(run.child.id() as i32), Signal::SIGKILL).unwrap();
+    run.child.wait().unwrap();
+
+    let gc = project
+        .kiln()
+        .arg("gc")
+        .env("KILN_QEMU", &wrapper)
+        .output()
+        .unwrap();
+    assert!(
+        gc.status.success(),
+        "{}{}",
+        text(&gc.stdout),
+        text(&gc.stderr)
+    );
+    assert_eq!(
+        processes_mentioning(&marker),
+        Vec::new(),
+        "nothing carrying the marker"
+    );
+    project.assert_clean();
+}
+
+#[test]
+fn a_journal_that_cannot_be_written_mid_build_exits_70() {
+    let Some(guest) = tiny_guest() else { return };
+    let project = Project::new(
+        &guest,
+        Steps {
+            provision: r#"  { shell = { name = "short", inline = ["echo started", "sleep 2"] } },"#,
+            ..Steps::default()
+        },
+    );
+    let mut cmd = project.kiln();
+    cmd.args(["--json", "build"]);
+    let mut run = Running::start(cmd);
+    run.wait_for("the step's first line", Duration::from_secs(180), |e| {
+        is_event(e, "output", Some("provision/1")) && e["line"] == "started"
+    });
+    // An immutable file refuses writes even to root: the next journal record fails.
+    let journal_dir = project.path().join(".kiln/journal");
+    let journal = std::fs::read_dir(&journal_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let chattr = |flag: &str| {
+        let st = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&journal)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chattr {flag}");
+    };
+    chattr("+i");
+    let status = run.wait_exit(Duration::from_secs(120));
+    chattr("-i");
+    let stderr = run.stderr();
+    assert_eq!(status.and_then(|s| s.code()), Some(70), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("");
+    assert!(
+        error.starts_with("error: tiny: step shutdown failed: record a resource in the journal: access the state directory"),
+        "{stderr}"
+    );
+    // What the run could not record as removed, gc reaps (already gone = success).
+    let gc = project.run(&["gc"]);
+    assert!(
+        gc.status.success(),
+        "{}{}",
+        text(&gc.stdout),
+        text(&gc.stderr)
+    );
+    project.assert_clean();
+}
+
+#[test]
+fn gc_interrupted_finishes_its_removal_and_the_next_gc_does_the_rest() {
+    let Some(guest) = tiny_guest() else { return };
+    let (project, mut run) = long_build(&guest);
+    kill_9(&project, &mut run);
+
+    let first = project
+        .kiln()
+        .arg("gc")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Soon after it starts, while it is stopping QEMU (the first, slowest removal).
+    std::thread::sleep(Duration::from_millis(150));
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGINT).unwrap();
+    let first = first.wait_with_output().unwrap();
+    let (out1, err1) = (text(&first.stdout), text(&first.stderr));
+    match first.status.code() {
+        Some(130) => assert!(
+            err1.contains("error: interrupted; the removal in progress was finished and recorded"),
+            "{err1}"
+        ),
+        Some(0) => {}
+        other => panic!("gc exited {other:?}: {out1}{err1}"),
+    }
+    let second = project.run(&["gc"]);
+    let out2 = text(&second.stdout);
+    assert!(second.status.success(), "{out2}{}", text(&second.stderr));
+    let both = format!("{out1}{out2}");
+    let removed: Vec<&str> = both.lines().filter(|l| l.starts_with("removed")).collect();
+    assert_eq!(
+        removed.len(),
+        4,
+        "each resource removed exactly once: {both}"
+    );
+    project.assert_clean();
+}

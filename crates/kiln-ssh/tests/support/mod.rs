@@ -12,6 +12,9 @@
 //! in for a cloud image, and busybox (`sh`, `tar`, `cat`, `mkdir`, `chmod`, `sleep` and
 //! nothing else on PATH), standing in for kiln's tiny guest.
 //!
+//! Each server has an ed25519 host key made by `dropbearkey`, and [`Peer::connect`] pins it,
+//! so every test also checks host key verification; tests can add host keys of other types.
+//!
 //! Servers are started and stopped by process id: each runs in its own pid namespace under
 //! an `unshare` process that the test kills when the [`Peer`] is dropped, which ends dropbear
 //! and everything the tests ran on it. A test that cannot start its server fails when
@@ -25,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_ssh::{ConnectOptions, KeyPair, Session, Target};
+use kiln_ssh::{ConnectOptions, HostKeyPolicy, KeyPair, PublicKey, Session, Target};
 
 /// The guest userland a peer offers to commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +41,28 @@ pub(crate) enum Flavour {
 
 const USER: &str = "kiln";
 
+/// A host key file made by `dropbearkey`, with what `dropbearkey -y` says about it.
+#[derive(Debug, Clone)]
+pub(crate) struct DropbearKey {
+    path: PathBuf,
+    pub(crate) public: PublicKey,
+    /// As `dropbearkey -y` prints it (`SHA256:…`): computed by dropbear, not by us.
+    pub(crate) fingerprint: String,
+}
+
 /// A dropbear server for one test.
 #[derive(Debug)]
 pub(crate) struct Peer {
     pub(crate) port: u16,
     /// The `kiln` user's home directory, where relative guest paths land.
     pub(crate) home: PathBuf,
+    /// The ed25519 host key the server always has.
+    pub(crate) host_key: DropbearKey,
+    /// Further host keys, added with [`Peer::add_host_key`].
+    extra_host_keys: Vec<DropbearKey>,
     dir: tempfile::TempDir,
     dropbear: PathBuf,
+    dropbearkey: PathBuf,
     child: Option<Child>,
 }
 
@@ -69,17 +86,7 @@ impl Peer {
         }
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let root = dir.path();
-
-        let status = Command::new(&dropbearkey)
-            .args(["-t", "ed25519", "-f"])
-            .arg(root.join("host_key"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run dropbearkey");
-        if !status.success() {
-            return unavailable(&format!("dropbearkey failed: {status}"));
-        }
+        let host_key = make_host_key(&dropbearkey, "ed25519", &root.join("host_key"))?;
 
         let home = root.join("home");
         fs::create_dir_all(home.join(".ssh")).unwrap();
@@ -107,10 +114,27 @@ impl Peer {
         Some(Peer {
             port: free_port(),
             home,
+            host_key,
+            extra_host_keys: Vec::new(),
             dir,
             dropbear,
+            dropbearkey,
             child: None,
         })
+    }
+
+    /// Makes a host key of `kind` (a `dropbearkey -t` type) that the server does not use.
+    pub(crate) fn make_host_key(&self, kind: &str, name: &str) -> DropbearKey {
+        make_host_key(&self.dropbearkey, kind, &self.dir.path().join(name))
+            .expect("dropbearkey worked for the first key")
+    }
+
+    /// Gives the server (not started yet) another host key, of `kind`.
+    pub(crate) fn add_host_key(&mut self, kind: &str) -> DropbearKey {
+        assert!(self.child.is_none(), "the server is already running");
+        let key = self.make_host_key(kind, &format!("host_key_{kind}"));
+        self.extra_host_keys.push(key.clone());
+        key
     }
 
     /// Prepares and starts a server that accepts `key`.
@@ -147,16 +171,21 @@ impl Peer {
             .args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(concat!(
                 "mount --bind \"$1\" /etc/passwd && mount --bind \"$2\" /etc/shells && ",
-                // -F: foreground, -E: log to stderr, -s: no passwords, -m: no motd.
-                "exec \"$3\" -F -E -s -m -p \"127.0.0.1:$4\" -r \"$5\" -P \"$6\""
+                "dropbear=$3 port=$4 pid=$5 && shift 5 && ",
+                // -F: foreground, -E: log to stderr, -s: no passwords, -m: no motd; the
+                // remaining arguments are `-r FILE` for each host key.
+                "exec \"$dropbear\" -F -E -s -m -p \"127.0.0.1:$port\" -P \"$pid\" \"$@\""
             ))
             .arg("sh")
             .arg(root.join("passwd"))
             .arg(root.join("shells"))
             .arg(&self.dropbear)
             .arg(self.port.to_string())
-            .arg(root.join("host_key"))
-            .arg(root.join("dropbear.pid"))
+            .arg(root.join("dropbear.pid"));
+        for key in std::iter::once(&self.host_key).chain(&self.extra_host_keys) {
+            command.arg("-r").arg(&key.path);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -192,11 +221,19 @@ impl Peer {
         }
     }
 
-    /// Connects with a short timeout: the server is already up.
+    /// Connects with a short timeout, pinning the server's ed25519 host key: the server is
+    /// already up.
     pub(crate) async fn connect(&self, key: &KeyPair) -> Session {
+        self.connect_with(key, HostKeyPolicy::Pinned(self.host_key.public.clone()))
+            .await
+    }
+
+    /// Connects with a short timeout and `host_key`, expecting success.
+    pub(crate) async fn connect_with(&self, key: &KeyPair, host_key: HostKeyPolicy) -> Session {
         let opts = ConnectOptions {
             timeout: Duration::from_secs(10),
             retry_interval: Duration::from_millis(100),
+            ..ConnectOptions::new(host_key)
         };
         kiln_ssh::connect(&self.target(), key, &opts)
             .await
@@ -221,6 +258,45 @@ impl Drop for Peer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Makes a host key with `dropbearkey -t kind` and reads its public half and fingerprint back
+/// with `dropbearkey -y`. `None` means skip.
+fn make_host_key(dropbearkey: &Path, kind: &str, path: &Path) -> Option<DropbearKey> {
+    let status = Command::new(dropbearkey)
+        .args(["-t", kind, "-f"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run dropbearkey");
+    if !status.success() {
+        return unavailable(&format!("dropbearkey -t {kind} failed: {status}"));
+    }
+    let shown = Command::new(dropbearkey)
+        .arg("-y")
+        .arg("-f")
+        .arg(path)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run dropbearkey -y");
+    assert!(shown.status.success(), "dropbearkey -y: {}", shown.status);
+    // "Public key portion is:\n<openssh line>\nFingerprint: SHA256:…\n"
+    let text = String::from_utf8(shown.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ssh-") || l.starts_with("ecdsa-"))
+        .unwrap_or_else(|| panic!("no public key in dropbearkey -y output:\n{text}"));
+    let fingerprint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Fingerprint: "))
+        .unwrap_or_else(|| panic!("no fingerprint in dropbearkey -y output:\n{text}"))
+        .to_owned();
+    Some(DropbearKey {
+        path: path.to_path_buf(),
+        public: PublicKey::from_openssh(line).unwrap(),
+        fingerprint,
+    })
 }
 
 /// A login shell that runs busybox's `sh` with only the applets kiln's guest is known to

@@ -171,7 +171,10 @@ pub fn main() -> ExitCode {
             );
         }
     };
-    runtime.block_on(run(cli))
+    let code = runtime.block_on(run(cli));
+    // Blocking work a cancelled run left (hashing a big file) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 fn init_tracing(cli: &Cli) {
@@ -274,6 +277,16 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// A warning for people on stderr (never on stdout, which `--json` keeps machine-readable).
+fn warn(message: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "{} {message}",
+        console::style("warning:").yellow().bold()
+    );
+}
+
 fn stdout_line(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
@@ -354,9 +367,26 @@ async fn build(
     args: &BuildArgs,
     events: Arc<dyn EventSink>,
 ) -> Result<(), ExitCode> {
-    let (config, plan) = make_plan(project, &args.vars, &args.images)?;
+    // Signals are handled from here on, so that Ctrl-C while the plan hashes a big base disk
+    // exits 130 like any other interrupt.
     let cancel = CancellationToken::new();
     cancel_on_signals(cancel.clone());
+    let config = project.load(&args.vars)?;
+    let planned = {
+        let config = config.clone();
+        let images = args.images.clone();
+        tokio::task::spawn_blocking(move || plan::plan(&config, &images))
+    };
+    let plan = tokio::select! {
+        () = cancel.cancelled() => {
+            return Err(report(ExitCode::Interrupted, "interrupted while planning; nothing was started", &[]));
+        }
+        planned = planned => match planned {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(e)) => return Err(report(ExitCode::Usage, &runner::error_chain(&e), &[])),
+            Err(e) => return Err(report(ExitCode::Internal, &format!("plan the build: {e}"), &[])),
+        },
+    };
     let opts = BuildOptions {
         on_error: args.on_error,
         force: args.force,
@@ -369,7 +399,7 @@ async fn build(
                     stdout_line(&format!(
                         "{}: {} ({}, {}, sha256 {})",
                         m.image,
-                        relative(&m.output.path),
+                        relative(&config.root.join(&m.output.path)),
                         m.output.format,
                         human_size(m.output.size),
                         &m.output.sha256[..16.min(m.output.sha256.len())]
@@ -399,7 +429,7 @@ async fn build(
         Err(e @ BuildError::UnknownProvider(_)) => {
             Err(report(ExitCode::Usage, &e.to_string(), &[]))
         }
-        Err(e @ BuildError::Journal(_)) => {
+        Err(e @ (BuildError::Journal(_) | BuildError::Internal { .. })) => {
             Err(report(ExitCode::Internal, &runner::error_chain(&e), &[]))
         }
     }
@@ -439,7 +469,9 @@ async fn run_gc(
         dry_run: args.dry_run,
         include_kept: true,
     };
-    let report = gc::gc(&state, &registry, opts, events.as_ref())
+    let cancel = CancellationToken::new();
+    cancel_on_signals(cancel.clone());
+    let report = gc::gc(&state, &registry, opts, events.as_ref(), &cancel)
         .await
         .map_err(|e| report(ExitCode::Internal, &runner::error_chain(&e), &[]))?;
     if cli.json {
@@ -458,9 +490,16 @@ async fn run_gc(
         for run in &report.live_runs {
             stdout_line(&format!("run {run} is still in progress; left alone"));
         }
-        if report.resources.is_empty() && !cli.quiet {
+        if report.resources.is_empty() && !cli.quiet && !report.interrupted {
             stdout_line("nothing to remove");
         }
+    }
+    if report.interrupted {
+        return Err(self::report(
+            ExitCode::Interrupted,
+            "interrupted; the removal in progress was finished and recorded, `kiln gc` again removes the rest",
+            &[],
+        ));
     }
     if report.failures() > 0 {
         return Err(ExitCode::Failure);
@@ -470,9 +509,13 @@ async fn run_gc(
 
 async fn run_status(cli: &Cli, project: &Project) -> Result<(), ExitCode> {
     let state = state_dir(project);
-    let entries = gc::status(&state, &Registry::builtin())
+    let status = gc::status(&state, &Registry::builtin())
         .await
         .map_err(|e| report(ExitCode::Internal, &runner::error_chain(&e), &[]))?;
+    for warning in &status.warnings {
+        warn(warning);
+    }
+    let entries = status.resources;
     if cli.json {
         stdout_line(&serde_json::to_string(&entries).expect("status serialises"));
         return Ok(());

@@ -74,6 +74,14 @@ impl ProviderError {
     }
 }
 
+/// A journal record's `data` from a JSON object literal (anything else gives an empty map).
+pub fn data(pairs: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match pairs {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// The journal plus the event sink, handed to providers so that every resource they create is
 /// recorded first and reported.
 #[derive(Debug, Clone)]
@@ -167,6 +175,28 @@ pub struct LaunchRequest<'a> {
     pub scratch: PathBuf,
     /// The public half of the per-build key, in OpenSSH format, for cloud-init.
     pub ssh_public_key: String,
+    /// The guest's per-build host key, handed to it through cloud-init (`ssh_keys`) so that
+    /// kiln can accept exactly that key. `None` with `ssh.host_key = "accept-new"`.
+    pub host_key: Option<HostKey>,
+}
+
+/// A host key for the guest. The private half lives in memory only: providers may pass it to
+/// the guest (user-data over a loopback HTTP seed, an instance's user-data) but never write it
+/// to the host's disk, a log or the journal.
+#[derive(Clone)]
+pub struct HostKey {
+    /// OpenSSH PEM (`-----BEGIN OPENSSH PRIVATE KEY-----`…).
+    pub private_openssh: zeroize::Zeroizing<String>,
+    /// `ssh-ed25519 AAAA… kiln-host`.
+    pub public_openssh: String,
+}
+
+impl std::fmt::Debug for HostKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKey")
+            .field("public_openssh", &self.public_openssh)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where SSH reaches a machine.
@@ -200,6 +230,11 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
     fn facts(&self) -> MachineFacts;
     /// Why the machine might not answer: the tail of its console, if the provider has one.
     fn console_tail(&self, lines: usize) -> Vec<String>;
+    /// When SSH never answered: the likely cause, if what the machine printed shows one
+    /// (cloud-init refusing the seed, an SSH server without host keys, …).
+    fn diagnose_unreachable(&self) -> Option<String> {
+        None
+    }
     /// `Some(reason)` if the machine is already gone (crashed, exited).
     fn exited(&mut self) -> Option<String>;
     /// Wait for the machine to stop after the guest was told to shut down.

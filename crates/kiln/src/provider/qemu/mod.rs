@@ -24,7 +24,7 @@ use seed::{Seed, SeedServer};
 
 use super::{
     CaptureRequest, Captured, LaunchRequest, Machine, MachineFacts, Provider, ProviderError,
-    Resources, SshEndpoint, Tracked,
+    Resources, SshEndpoint, Tracked, data,
 };
 use crate::journal::Resource;
 
@@ -59,6 +59,9 @@ async fn qemu_img(img: &Path, args: &[&std::ffi::OsStr]) -> Result<(), ProviderE
         let out = Command::new(img)
             .args(args)
             .stdin(Stdio::null())
+            // A cancelled capture drops this future; the convert must not go on writing the
+            // partial output that cleanup is removing.
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| missing_tool(img, e))?;
@@ -102,13 +105,6 @@ fn free_port() -> Result<u16, ProviderError> {
         .local_addr()
         .map_err(|e| ProviderError::io(NAME, "reserve a local port", e))?
         .port())
-}
-
-fn data(pairs: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-    match pairs {
-        serde_json::Value::Object(map) => map,
-        _ => serde_json::Map::new(),
-    }
 }
 
 #[async_trait]
@@ -175,6 +171,7 @@ impl Provider for QemuProvider {
             &req.image.name,
             &req.image.ssh.user,
             &req.ssh_public_key,
+            req.host_key.as_ref(),
         );
         let server = SeedServer::start(seed)
             .await
@@ -247,18 +244,25 @@ impl Provider for QemuProvider {
 }
 
 /// The live processes a `qemu-process` record names: its pid if that is still the same QEMU,
-/// else any QEMU carrying its marker (the pid may never have been recorded).
+/// and every process carrying its marker (the pid may never have been recorded, and a
+/// `KILN_QEMU` wrapper may have QEMU as its child).
 fn qemu_pids(resource: &Resource) -> Vec<u32> {
     let marker = resource.id.as_str();
     let pid = resource.data.get("pid").and_then(|v| v.as_u64());
     let start = resource.data.get("start_time").and_then(|v| v.as_u64());
+    let mut pids = Vec::new();
     if let Some(pid) = pid.map(|p| p as u32)
         && process::alive(pid)
         && process::is_our_qemu(pid, marker, start)
     {
-        return vec![pid];
+        pids.push(pid);
     }
-    process::find_by_marker(marker)
+    for other in process::find_by_marker(marker) {
+        if !pids.contains(&other) {
+            pids.push(other);
+        }
+    }
+    pids
 }
 
 enum SpawnError {
@@ -392,6 +396,43 @@ impl QemuProvider {
     }
 }
 
+/// What a guest's console says about why SSH never answered, for the causes that are known
+/// to print something recognisable.
+fn diagnose_console(console: &str) -> Option<String> {
+    const CAUSES: &[(&[&str], &str)] = &[
+        (
+            &[
+                "not supported by DataSourceNoCloud",
+                "not supported by DataSourceNoCloudNet",
+            ],
+            "cloud-init refused kiln's NoCloud seed URL, so the build key was never installed",
+        ),
+        (
+            &["Datasource DataSourceNone", "DataSourceNone"],
+            "cloud-init found no datasource and fell back to DataSourceNone, so the build key \
+             was never installed; check that the image's cloud-init allows NoCloud \
+             (`datasource_list` in /etc/cloud/cloud.cfg.d/)",
+        ),
+        (
+            &["no NoCloud seed found", "tiny-nocloud: cannot fetch"],
+            "the guest's NoCloud agent did not get kiln's seed, so the build key was never \
+             installed",
+        ),
+        (
+            &[
+                "sshd: no hostkeys available",
+                "Failed to start ssh.service",
+                "Failed to start OpenBSD Secure Shell server",
+            ],
+            "the guest's SSH server did not start (no host keys?)",
+        ),
+    ];
+    CAUSES
+        .iter()
+        .find(|(needles, _)| needles.iter().any(|n| console.contains(n)))
+        .map(|(_, cause)| (*cause).to_string())
+}
+
 /// QEMU option values use ',' as a separator; a literal comma is written twice.
 fn qemu_escape(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
@@ -425,6 +466,15 @@ impl QemuMachine {
                     .ok();
             }
             let _ = child.wait().await;
+            // What a wrapper (`KILN_QEMU`) started and left behind carries the marker too.
+            let marker = self.name.clone();
+            tokio::task::spawn_blocking(move || {
+                for pid in process::find_by_marker(&marker) {
+                    process::terminate(pid, TERM_GRACE);
+                }
+            })
+            .await
+            .ok();
             let _ = self.res.removed(&tracked);
         }
     }
@@ -460,6 +510,11 @@ impl Machine for QemuMachine {
             .filter(|l| !l.trim().is_empty())
             .collect();
         all[all.len().saturating_sub(lines)..].to_vec()
+    }
+
+    fn diagnose_unreachable(&self) -> Option<String> {
+        let text = std::fs::read(&self.console).ok()?;
+        diagnose_console(&String::from_utf8_lossy(&text))
     }
 
     fn exited(&mut self) -> Option<String> {
@@ -547,5 +602,31 @@ impl Machine for QemuMachine {
             "QEMU `{}` keeps running; its SSH port is 127.0.0.1:{}",
             self.name, self.ssh_port
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_name_the_likely_cause() {
+        // What cloud-init 22.4 prints when it refuses an HTTP seed under `ds=nocloud`.
+        let refused = "[   12.3] cloud-init[210]: 2026-12-01 ... Seed from http://10.0.2.2:4321/ \
+                       not supported by DataSourceNoCloud [seed=None][dsmode=net]\n";
+        assert!(
+            diagnose_console(refused)
+                .unwrap()
+                .starts_with("cloud-init refused kiln's NoCloud seed URL")
+        );
+        let none = "cloud-init[300]: ... used Datasource DataSourceNone.  Up 40.1 seconds\n";
+        assert!(
+            diagnose_console(none)
+                .unwrap()
+                .contains("fell back to DataSourceNone")
+        );
+        let tiny = "tiny-nocloud: cannot fetch http://10.0.2.2:1/user-data: connection refused\n";
+        assert!(diagnose_console(tiny).unwrap().contains("NoCloud agent"));
+        assert_eq!(diagnose_console("Welcome to Debian\nlogin:\n"), None);
     }
 }

@@ -42,6 +42,10 @@ fn is_zombie(pid: u32) -> bool {
 }
 
 /// Whether `pid` is the QEMU named `marker` (and, when known, started at `start`).
+///
+/// The test is the `-name MARKER,process=MARKER` pair kiln puts on every QEMU it starts, not
+/// the program's name: `KILN_QEMU` may point at a wrapper script that runs QEMU as its
+/// child, and both must be found. The marker holds the run id, so nothing else carries it.
 pub(crate) fn is_our_qemu(pid: u32, marker: &str, start: Option<u64>) -> bool {
     if let Some(expected) = start
         && start_time(pid) != Some(expected)
@@ -49,8 +53,8 @@ pub(crate) fn is_our_qemu(pid: u32, marker: &str, start: Option<u64>) -> bool {
         return false;
     }
     cmdline(pid).is_some_and(|args| {
-        args.first().is_some_and(|a| a.contains("qemu-system"))
-            && args.iter().any(|a| a.split(',').any(|part| part == marker))
+        args.windows(2)
+            .any(|w| w[0] == "-name" && w[1].split(',').any(|part| part == marker))
     })
 }
 

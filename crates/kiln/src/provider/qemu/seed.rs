@@ -17,30 +17,64 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
 
-/// The documents of one seed.
-#[derive(Debug, Clone)]
+use crate::provider::HostKey;
+
+/// The documents of one seed. The user-data may hold the guest's private host key, so it is
+/// wiped from memory when the seed goes and never shown by `Debug`.
+#[derive(Clone)]
 pub(crate) struct Seed {
-    pub(crate) user_data: String,
+    pub(crate) user_data: Zeroizing<String>,
     pub(crate) meta_data: String,
 }
 
+impl std::fmt::Debug for Seed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seed")
+            .field("meta_data", &self.meta_data)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Seed {
-    /// The cloud-config that installs `public_key` for the SSH user.
-    pub(crate) fn for_key(instance_id: &str, hostname: &str, user: &str, public_key: &str) -> Seed {
-        let mut user_data = String::from("#cloud-config\n");
+    /// The cloud-config that installs `public_key` for the SSH user and, when given,
+    /// `host_key` as the guest's only SSH host key (cloud-init's `cc_ssh` honours `ssh_keys`;
+    /// `ssh_genkeytypes: []` stops it from adding others, so the guest can present no key
+    /// but the pinned one).
+    pub(crate) fn for_key(
+        instance_id: &str,
+        hostname: &str,
+        user: &str,
+        public_key: &str,
+        host_key: Option<&HostKey>,
+    ) -> Seed {
+        let mut user_data = Zeroizing::new(String::from("#cloud-config\n"));
         if user == "root" {
             // Cloud images refuse root logins by default; the file asked for root.
             user_data.push_str("disable_root: false\n");
         }
         user_data.push_str("ssh_authorized_keys:\n");
         user_data.push_str(&format!("  - {public_key}\n"));
+        if let Some(host_key) = host_key {
+            user_data.push_str("ssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n");
+            user_data.push_str("  ed25519_private: |\n");
+            for line in host_key.private_openssh.lines() {
+                user_data.push_str("    ");
+                user_data.push_str(line);
+                user_data.push('\n');
+            }
+            user_data.push_str(&format!("  ed25519_public: {}\n", host_key.public_openssh));
+        }
         Seed {
             user_data,
             meta_data: format!("instance-id: {instance_id}\nlocal-hostname: {hostname}\n"),
         }
     }
 }
+
+/// How long the accept loop pauses after a failed accept.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A running seed server. Dropping it stops the server.
 #[derive(Debug)]
@@ -56,8 +90,15 @@ impl SeedServer {
         let seed = Arc::new(seed);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    // Out of file descriptors (EMFILE/ENFILE) or a connection aborted before
+                    // it was accepted: nothing to serve now. Pause instead of spinning a core
+                    // on an accept that fails again at once.
+                    Err(_) => {
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
                 };
                 let seed = seed.clone();
                 tokio::spawn(async move {
@@ -92,7 +133,7 @@ impl Drop for SeedServer {
 
 fn respond(seed: &Seed, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match req.uri().path().trim_start_matches('/') {
-        "user-data" => Some(seed.user_data.clone()),
+        "user-data" => Some(seed.user_data.to_string()),
         "meta-data" => Some(seed.meta_data.clone()),
         // cloud-init asks for these too; empty documents mean "nothing".
         "vendor-data" | "network-config" => Some(String::new()),
@@ -127,7 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_user_and_meta_data_on_loopback() {
-        let seed = Seed::for_key("kiln-1", "tiny", "root", "ssh-ed25519 AAAA test");
+        let seed = Seed::for_key("kiln-1", "tiny", "root", "ssh-ed25519 AAAA test", None);
         let server = SeedServer::start(seed).await.unwrap();
         assert!(server.guest_url().starts_with("http://10.0.2.2:"));
         let ud = get(server.port(), "/user-data").await;
@@ -138,5 +179,35 @@ mod tests {
         let md = get(server.port(), "/meta-data").await;
         assert!(md.ends_with("instance-id: kiln-1\nlocal-hostname: tiny\n"));
         assert!(get(server.port(), "/etc/passwd").await.contains(" 404 "));
+    }
+
+    #[test]
+    fn host_key_goes_into_ssh_keys_and_never_into_debug() {
+        let host_key = HostKey {
+            private_openssh: Zeroizing::new(
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\nBBBB\n-----END OPENSSH PRIVATE KEY-----\n"
+                    .into(),
+            ),
+            public_openssh: "ssh-ed25519 CCCC kiln-host".into(),
+        };
+        let seed = Seed::for_key(
+            "kiln-1",
+            "tiny",
+            "debian",
+            "ssh-ed25519 AAAA kiln",
+            Some(&host_key),
+        );
+        assert_eq!(
+            seed.user_data.as_str(),
+            "#cloud-config\nssh_authorized_keys:\n  - ssh-ed25519 AAAA kiln\n\
+             ssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n    \
+             -----BEGIN OPENSSH PRIVATE KEY-----\n    AAAA\n    BBBB\n    \
+             -----END OPENSSH PRIVATE KEY-----\n  ed25519_public: ssh-ed25519 CCCC kiln-host\n"
+        );
+        let debug = format!("{seed:?} {host_key:?}");
+        assert!(
+            !debug.contains("PRIVATE") && !debug.contains("AAAA\n"),
+            "{debug}"
+        );
     }
 }
