@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent OS setup for kiln on Debian 12 (bookworm): installs the Debian packages that kiln's
-# build, tests and quickstart need (QEMU, the tiny test guest's ingredients, ssh client, ...).
+# build, tests and quickstart need (QEMU, the tiny and cloud test guests' ingredients, ssh
+# client, ...).
 #
 # usage: scripts/setup.sh [--bench] [--check] [--dry-run] [-v]
 #   --bench    also install the benchmark baselines: packer (Debian's 1.6.6) and hyperfine
@@ -34,6 +35,8 @@ done
 PKGS=(
   busybox-static:tiny-guest  dropbear-bin:tiny-guest  e2fsprogs:tiny-guest
   xz-utils:tiny-guest  zstd:tiny-guest  gzip:tiny-guest  cpio:tiny-guest  util-linux:flock
+  debootstrap:cloud-guest  debian-archive-keyring:cloud-guest  grub-pc-bin:cloud-guest
+  grub-common:cloud-guest  fdisk:cloud-guest
   openssh-client:tests  python3:tests
   gcc:build  libc6-dev:build  pkg-config:build
 )
@@ -67,8 +70,9 @@ elif ((CHECK)); then
   say "qemu: qemu-system-x86 '${VER[qemu-system-x86]:-none}' / qemu-utils '${VER[qemu-utils]:-none}' need installing at one version"
 fi
 
-# The tiny guest builder downloads the cloud kernel with apt-get download, so the package lists
-# must exist (a fresh container often has none). A glob, not apt-cache: that takes ~1 s here.
+# The guest builders download the cloud kernel (tiny) and resolve every package (cloud) with apt,
+# so the package lists must exist (a fresh container often has none). A glob, not apt-cache: that
+# takes ~1 s here.
 lists_ok=1
 compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null || lists_ok=0
 ((CHECK)) && ((!lists_ok)) && say "no apt package lists (needs apt-get update)"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite — exactly what CI runs (.ci/run calls this script).
-# Installs what it needs on a fresh Debian machine (idempotent), builds the tiny test guest
-# (cached), then: rustfmt, clippy, a bounded fuzz run of the config loader, and every test
-# (real QEMU guests included) under cargo-nextest.
+# Installs what it needs on a fresh Debian machine (idempotent), builds the tiny and the cloud
+# test guests (cached; building the cloud one needs root), then: rustfmt, clippy, a bounded fuzz
+# run of the config loader, and every test (real QEMU guests included) under cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,11 @@ step "tiny test guest"
 KILN_TINY_GUEST=$(scripts/tiny-guest.sh | tail -n 1)
 export KILN_TINY_GUEST
 echo "guest: $KILN_TINY_GUEST" >&2
+
+step "cloud test guest"
+KILN_CLOUD_GUEST=$(scripts/cloud-guest.sh | tail -n 1)
+export KILN_CLOUD_GUEST
+echo "guest: $KILN_CLOUD_GUEST" >&2
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   step "installing cargo-nextest"

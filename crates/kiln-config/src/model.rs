@@ -190,7 +190,7 @@ pub enum HostKeyCheck {
 /// How the guest is stopped before its disk becomes the image.
 #[derive(Debug, Clone, Serialize)]
 pub struct Shutdown {
-    /// Run over SSH. Default `poweroff`.
+    /// Run over SSH. Default `poweroff`, or `sudo poweroff` when `ssh.user` is not root.
     pub command: String,
     /// How long to wait for the machine to stop after the command. Default 2 minutes.
     #[serde(with = "duration_secs")]

@@ -31,6 +31,8 @@ const CPUS: (i64, i64) = (1, 64);
 const DEFAULT_SSH_USER: &str = "root";
 const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_SHUTDOWN_COMMAND: &str = "poweroff";
+/// Cloud images log in a default user with password-less sudo; plain `poweroff` fails there.
+const DEFAULT_SHUTDOWN_COMMAND_NON_ROOT: &str = "sudo poweroff";
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2 * 60);
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
@@ -193,7 +195,7 @@ impl Validator<'_> {
         };
         let source = self.source(scope, &raw.source);
         let ssh = self.ssh(scope, raw.ssh.as_ref());
-        let shutdown = self.shutdown(scope, raw.shutdown.as_ref());
+        let shutdown = self.shutdown(scope, raw.shutdown.as_ref(), &ssh.user);
         let provision = self.steps(scope, raw.provision.as_ref());
         let test = self.steps(scope, raw.test.as_ref());
         let generalize = self.generalize(scope, raw.generalize.as_ref());
@@ -315,11 +317,13 @@ impl Validator<'_> {
         &mut self,
         scope: Scope<'_>,
         shutdown: Option<&Spanned<raw::Shutdown>>,
+        ssh_user: &str,
     ) -> Shutdown {
         let raw = shutdown.and_then(Spanned::get);
         let command = match raw.and_then(|r| r.command.as_ref()) {
             Some(command) => self.non_empty(scope, command),
-            None => DEFAULT_SHUTDOWN_COMMAND.to_owned(),
+            None if ssh_user == DEFAULT_SSH_USER => DEFAULT_SHUTDOWN_COMMAND.to_owned(),
+            None => DEFAULT_SHUTDOWN_COMMAND_NON_ROOT.to_owned(),
         };
         let timeout = match raw.and_then(|r| r.timeout.as_ref()) {
             Some(t) => self.duration(scope, t).unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),

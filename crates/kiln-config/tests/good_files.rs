@@ -456,6 +456,10 @@ generalize = false
     assert_eq!(qemu(&config, 0).cpus, 4);
     assert_eq!(config.images[0].ssh.user, "admin");
     assert!(!config.images[0].generalize.enabled);
+    assert_eq!(
+        config.images[0].shutdown.command, "sudo poweroff",
+        "a non-root user shuts down through sudo by default"
+    );
 }
 
 #[test]

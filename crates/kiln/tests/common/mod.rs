@@ -13,23 +13,32 @@ pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 /// is missing outside CI. In CI (`CI=true`) a missing guest or QEMU fails the test: a peer the
 /// suite needs is never skipped silently there.
 pub fn tiny_guest() -> Option<PathBuf> {
-    let dir = std::env::var_os("KILN_TINY_GUEST")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let cache = std::env::var_os("KILN_CACHE_DIR")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kiln"))
-                })
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kiln"))
-                })?;
-            Some(cache.join("tiny-guest/current"))
-        });
+    guest("KILN_TINY_GUEST", "tiny-guest", "scripts/tiny-guest.sh")
+}
+
+/// The cloud-init test guest built by scripts/cloud-guest.sh (a Debian genericcloud-like
+/// disk), with the same rules as [`tiny_guest`].
+pub fn cloud_guest() -> Option<PathBuf> {
+    guest(
+        "KILN_CLOUD_GUEST",
+        "cloud-guest",
+        "scripts/cloud-guest.sh as root",
+    )
+}
+
+/// A guest directory holding `base.qcow2`: `$VAR`, else `<kiln cache>/<cached>/current`.
+fn guest(var: &str, cached: &str, build_with: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os(var).map(PathBuf::from).or_else(|| {
+        let cache = std::env::var_os("KILN_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kiln")))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kiln")))?;
+        Some(cache.join(cached).join("current"))
+    });
     let problem = match &dir {
-        None => Some("no KILN_TINY_GUEST and no cache directory".to_string()),
+        None => Some(format!("no {var} and no cache directory")),
         Some(d) if !d.join("base.qcow2").exists() => Some(format!(
-            "tiny guest not found in {} (run scripts/tiny-guest.sh)",
+            "{cached} not found in {} (run {build_with})",
             d.display()
         )),
         Some(_) if !on_path("qemu-system-x86_64") => {
