@@ -3,31 +3,10 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Project, Steps, is_event, text, tiny_guest};
+use common::{Project, Steps, debugfs, is_event, read_from_image, text, tiny_guest};
 
 fn sha256(path: &std::path::Path) -> String {
     kiln::digest::sha256_file(path).unwrap()
-}
-
-/// Read a file out of an ext4 image without mounting: convert to raw, ask debugfs.
-fn read_from_image(image: &std::path::Path, guest_path: &str) -> String {
-    let raw = image.with_extension("raw-for-test");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(image)
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = Command::new("debugfs")
-        .args(["-R", &format!("cat {guest_path}")])
-        .arg(&raw)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&raw).unwrap();
-    text(&out.stdout)
 }
 
 #[test]
@@ -186,18 +165,7 @@ fn bake_provision_test_collect_and_boot_the_result() {
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUserKeyThatMustStay user@laptop\n"
     );
     let listing = |dir: &str| {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "qemu-img convert -O raw '{}' '{}.ls' && debugfs -R 'ls -p {dir}' '{}.ls'; rm -f '{}.ls'",
-                image.display(),
-                image.display(),
-                image.display(),
-                image.display()
-            ))
-            .output()
-            .unwrap();
-        let listing = text(&out.stdout);
+        let listing = debugfs(&image, &format!("ls -p {dir}"), 0);
         assert!(listing.contains("/./"), "debugfs listed {dir}: {listing}");
         listing
     };
@@ -225,20 +193,8 @@ fn bake_provision_test_collect_and_boot_the_result() {
     assert!(out.status.success(), "rebake failed: {}", text(&out.stderr));
     let raw = again.path().join("output/tiny/tiny.raw");
     assert!(raw.exists());
-    assert_eq!(
-        read_from_image_raw(&raw, "/etc/from-script"),
-        "from-script\n"
-    );
+    assert_eq!(read_from_image(&raw, "/etc/from-script"), "from-script\n");
     again.assert_clean();
-}
-
-fn read_from_image_raw(raw: &std::path::Path, guest_path: &str) -> String {
-    let out = Command::new("debugfs")
-        .args(["-R", &format!("cat {guest_path}")])
-        .arg(raw)
-        .output()
-        .unwrap();
-    text(&out.stdout)
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{KILN, cloud_guest, is_event, qemu_pids_mentioning, text};
+use common::{KILN, cloud_guest, debugfs, is_event, qemu_pids_mentioning, text};
 
 /// A kiln project in a temp dir whose one image boots `disk` (no kernel: GRUB from the disk).
 struct CloudProject {
@@ -100,38 +100,22 @@ fn step_seconds(events: &[serde_json::Value], step: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Read a file from partition 1 (at 1 MiB) of a disk image, without mounting anything.
+/// Where partition 1 (the root filesystem) starts on the cloud guest's disk.
+const PARTITION_OFFSET: u64 = 1 << 20;
+
+/// Read a file from partition 1 of a disk image, without mounting anything.
 fn read_from_disk(image: &Path, guest_path: &str) -> String {
-    debugfs(image, &format!("cat {guest_path}"))
+    debugfs(image, &format!("cat {guest_path}"), PARTITION_OFFSET)
 }
 
 /// The names in a directory of partition 1, without mounting anything.
 fn list_on_disk(image: &Path, dir: &str) -> Vec<String> {
-    debugfs(image, &format!("ls -p {dir}"))
+    debugfs(image, &format!("ls -p {dir}"), PARTITION_OFFSET)
         .lines()
         // `/inode/mode/uid/gid/name/size/`
         .filter_map(|l| l.split('/').nth(5).map(str::to_string))
         .filter(|n| !n.is_empty() && n != "." && n != "..")
         .collect()
-}
-
-fn debugfs(image: &Path, request: &str) -> String {
-    let raw = image.with_extension("raw-for-test");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(image)
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(st.success(), "qemu-img convert failed");
-    let out = Command::new("debugfs")
-        .args(["-R", request])
-        .arg(format!("{}?offset=1048576", raw.display()))
-        .output()
-        .unwrap();
-    std::fs::remove_file(&raw).unwrap();
-    assert!(out.status.success(), "debugfs: {}", text(&out.stderr));
-    text(&out.stdout)
 }
 
 #[test]

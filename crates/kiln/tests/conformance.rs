@@ -13,7 +13,7 @@ use kiln::provider::{
 };
 use kiln_ssh::{ConnectOptions, HostKeyPolicy, KeyPair, Target};
 
-use common::{text, tiny_guest};
+use common::{read_from_image, tiny_guest};
 
 /// Records events and, at each `resource_created` (sent after the journal record is written
 /// and before the resource is made), asks the owning provider whether the resource already
@@ -54,25 +54,6 @@ impl EventSink for JournaledFirst {
         }
         self.events.emit(event);
     }
-}
-
-/// Read a file out of the ext4 root of a captured image without mounting anything.
-fn read_from_image(image: &std::path::Path, guest_path: &str) -> String {
-    let raw = image.with_extension("raw-for-test");
-    let st = std::process::Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(image)
-        .arg(&raw)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = std::process::Command::new("debugfs")
-        .args(["-R", &format!("cat {guest_path}")])
-        .arg(&raw)
-        .output()
-        .unwrap();
-    std::fs::remove_file(&raw).unwrap();
-    text(&out.stdout)
 }
 
 /// Launch, reach over SSH with the pinned host key, write into the guest, stop it from

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Project, Running, Steps, is_event, text, tiny_guest};
+use common::{Project, Running, Steps, is_event, processes_mentioning, text, tiny_guest};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -221,37 +221,6 @@ fn build_reaps_what_a_killed_run_left_before_it_starts() {
         "{stderr}"
     );
     project.assert_clean();
-}
-
-/// Processes whose command line mentions `needle`, whatever the program (QEMU, a wrapper).
-fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true);
-        if cmdline.contains(needle) && !zombie && pid != std::process::id() {
-            found.push((pid, cmdline));
-        }
-    }
-    found
 }
 
 #[test]

@@ -179,8 +179,19 @@ test = [
     }
 }
 
+/// QEMU processes (by program name) whose command line mentions `needle`.
 pub fn qemu_pids_mentioning(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
+    processes_mentioning(needle)
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.starts_with("qemu-system"))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Live (not zombie) processes whose command line mentions `needle`, whatever the program
+/// (QEMU, a wrapper), with that command line.
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry
             .file_name()
@@ -202,11 +213,37 @@ pub fn qemu_pids_mentioning(needle: &str) -> Vec<u32> {
                     .starts_with('Z')
             })
             .unwrap_or(true);
-        if cmdline.starts_with("qemu-system") && cmdline.contains(needle) && !zombie {
-            pids.push(pid);
+        if cmdline.contains(needle) && !zombie && pid != std::process::id() {
+            found.push((pid, cmdline));
         }
     }
-    pids
+    found
+}
+
+/// Run a debugfs request (`cat /etc/x`, `ls -p /tmp`) against the ext4 filesystem at byte
+/// `offset` of a disk image, without mounting anything: convert to raw, ask debugfs.
+pub fn debugfs(image: &Path, request: &str, offset: u64) -> String {
+    let raw = image.with_extension("raw-for-test");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success(), "qemu-img convert failed");
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(format!("{}?offset={offset}", raw.display()))
+        .output()
+        .unwrap();
+    std::fs::remove_file(&raw).unwrap();
+    assert!(out.status.success(), "debugfs: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// A file out of an image whose whole disk is one ext4 filesystem (the tiny guest's).
+pub fn read_from_image(image: &Path, guest_path: &str) -> String {
+    debugfs(image, &format!("cat {guest_path}"), 0)
 }
 
 /// A kiln run in the background with `--json`, its events read as they come.
