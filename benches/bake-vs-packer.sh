@@ -526,7 +526,7 @@ for t in ("kiln", "packer"):
         md.append("- %s, every run in order: wall %s s; boot-to-SSH %s s" % (t,
             ", ".join("%.2f" % r["wall"] for r in by[t]), ", ".join("%.2f" % r["boot_to_ssh"] for r in by[t])))
 if by["kiln"]:
-    ks = ["prepare", "launch", "connect", "provision", "shutdown", "capture", "manifest", "in_process"]
+    ks = ["prepare", "launch", "connect", "provision", "generalize", "shutdown", "capture", "manifest", "in_process"]
     md.append("- kiln steps (medians from `--json` `step_finished`): " + ", ".join(
         "%s %s" % (s, f(med("kiln", s))) for s in ks if med("kiln", s) is not None))
 if by["packer"]:
@@ -546,7 +546,8 @@ md.append("Definitions: wall = from just before the tool is started to its exit 
           "kiln's guest work = the durations of its `connect` (boot-to-SSH), `provision/*` and `shutdown` "
           "steps; Packer's = \"Starting VM\" → \"Connected to SSH!\" + provisioning + halt → \"Converting "
           "hard drive\". Overhead = wall − guest work: everything the tool does besides waiting for the "
-          "guest (start-up, disk preparation, QEMU launch, capture/convert, bookkeeping). Packer's "
+          "guest (start-up, disk preparation, QEMU launch, capture/convert, bookkeeping; for kiln also its "
+          "`generalize` step, on by default, which Packer has no counterpart of). Packer's "
           "boot-to-SSH includes its fixed 2 s wait after starting QEMU (the guest boots meanwhile).")
 md.append("")
 md.append("Machine: %s CPU(s), %s, %s GiB RAM; %s; accelerator: %s. Load average before/after: %s / %s "
